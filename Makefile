@@ -1,0 +1,37 @@
+# Every target creates .venv if missing and installs the CPU torch first (never an unpinned torch).
+PY      := .venv/bin/python
+PIP     := $(PY) -m pip
+TORCH   := torch==2.13.0
+
+.PHONY: venv install install-dev demo test bench lint clean
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[cli,data]"
+	touch $@
+
+.venv/.installed-dev: .venv/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: .venv/.installed
+install-dev: .venv/.installed-dev
+
+demo: .venv/.installed
+	$(PY) -m backprobe compare --model mnist_cnn --data digits --estimators exact,probe:4,probe:16,probe:64 --batch-sizes 32,128 --epochs 10 --out results/demo
+
+test: .venv/.installed-dev
+	$(PY) -m pytest
+
+bench: .venv/.installed
+	$(PY) benchmarks/bench_layers.py
+	$(PY) benchmarks/bench_networks.py
+
+lint: .venv/.installed-dev
+	$(PY) -m ruff check backprobe tests benchmarks
+	$(PY) -m mypy backprobe
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,195 @@
+"""Swap a model's layers for estimated / compact ones in place, and back.
+
+Conversion changes each module's class in place (``module.__class__``), so parameters,
+buffers, hooks and optimizer references are untouched and ``state_dict`` keys stay torch's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from backprobe.estimators._base import Estimator
+from backprobe.nn import AFFINE_SWAPS, COMPACT_SWAPS, EstimatedLayer
+
+_UNDO: dict[type[nn.Module], type[nn.Module]] = {
+    new: old for old, new in {**AFFINE_SWAPS, **COMPACT_SWAPS}.items()
+}
+
+
+@dataclass
+class LayerEntry:
+    """One row of a conversion report."""
+
+    name: str
+    kind: str
+    action: str  # "converted", "compact", "skipped", "exact (fallback)"
+    reason: str = ""
+    exact_numbers: int | None = None
+    estimator_numbers: int | None = None
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did to each candidate module; ``print(report)`` shows a table."""
+
+    estimator: str
+    entries: list[LayerEntry] = field(default_factory=list)
+
+    @property
+    def converted(self) -> list[str]:
+        return [e.name for e in self.entries if e.action in ("converted", "compact")]
+
+    @property
+    def skipped(self) -> list[str]:
+        return [e.name for e in self.entries if e.action not in ("converted", "compact")]
+
+    def __str__(self) -> str:
+        rows = [("layer", "type", "action", "kept numbers (exact -> est.)", "why")]
+        for e in self.entries:
+            nums = "" if e.exact_numbers is None else f"{e.exact_numbers} -> {e.estimator_numbers}"
+            rows.append((e.name or "<model>", e.kind, e.action, nums, e.reason))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [f"convert with {self.estimator}"]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(lines)
+
+
+def convert(
+    model: nn.Module,
+    estimator: Estimator,
+    *,
+    layers: tuple[type[nn.Module], ...] | None = None,
+    skip_first: bool = False,
+    compact_activations: bool = True,
+    example_input: Tensor | None = None,
+) -> nn.Module:
+    """Make ``estimator`` form the weight gradients of a model's layers, in place.
+
+    Args:
+        model: any module; matching submodules (and the model itself) are converted.
+        estimator: e.g. ``Probe(16)``; one instance may serve every layer.
+        layers: torch module types to convert; default ``estimator.natural_layers``
+            (convolutions for ``Probe``). Only exact type matches are converted: a
+            user subclass is skipped and reported, since its forward may differ.
+        skip_first: keep the first matching layer exact (a common choice for the input layer).
+        compact_activations: also swap ``nn.ReLU``/``LeakyReLU`` (1-bit masks) and
+            ``nn.MaxPool1d/2d/3d`` (int8 window offsets). Functional ``F.relu`` inside a
+            user's ``forward`` cannot be swapped and keeps its full activation.
+        example_input: if given, one forward decides and reports per layer whether the
+            estimator keeps fewer numbers than the exact path (it falls back to exact where
+            it would not, e.g. probing a 4x4 feature map with 16 probes).
+
+    Returns:
+        The same ``model``; ``backprobe.report(model)`` returns a :class:`ConversionReport`.
+
+    Raises:
+        TypeError: if ``estimator`` is not an estimator.
+        ValueError: if ``layers`` names a module type no layer description supports.
+
+    Example:
+        >>> model = backprobe.convert(model, backprobe.Probe(16), example_input=x)
+        >>> print(backprobe.report(model))
+    """
+    if not isinstance(estimator, Estimator):
+        raise TypeError(f"convert: estimator must be an Estimator, got {type(estimator).__name__}")
+    layers = tuple(estimator.natural_layers if layers is None else layers)
+    for t in layers:
+        if t not in AFFINE_SWAPS:
+            names = ", ".join(k.__name__ for k in AFFINE_SWAPS)
+            raise ValueError(f"convert: {getattr(t, '__name__', t)} is not supported (supported: {names})")
+    report = ConversionReport(repr(estimator))
+    first_seen = False
+    for name, module in model.named_modules():
+        torch_type = _UNDO.get(type(module), type(module))
+        if torch_type in AFFINE_SWAPS and issubclass(torch_type, layers):
+            if not first_seen and skip_first:
+                first_seen = True
+                report.entries.append(LayerEntry(name, torch_type.__name__, "skipped", "skip_first"))
+                continue
+            first_seen = True
+            module.__class__ = AFFINE_SWAPS[torch_type]
+            module.estimator = estimator  # type: ignore[assignment]
+            module.last_path = None  # type: ignore[assignment]
+            report.entries.append(LayerEntry(name, torch_type.__name__, "converted"))
+        elif compact_activations and torch_type in COMPACT_SWAPS:
+            if getattr(module, "return_indices", False):
+                report.entries.append(LayerEntry(name, torch_type.__name__, "skipped", "return_indices=True"))
+                continue
+            module.__class__ = COMPACT_SWAPS[torch_type]
+            report.entries.append(LayerEntry(name, torch_type.__name__, "compact"))
+        elif isinstance(module, layers) or isinstance(module, tuple(COMPACT_SWAPS)):
+            report.entries.append(
+                LayerEntry(name, type(module).__name__, "skipped", "subclass of a torch type")
+            )
+    model._backprobe_report = report  # type: ignore[assignment]
+    if example_input is not None:
+        _decide(model, example_input, report)
+    return model
+
+
+def _decide(model: nn.Module, x: Tensor, report: ConversionReport) -> None:
+    """Run one forward and record, per converted layer, which path it takes and its cost."""
+    shapes: dict[str, Tensor] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, EstimatedLayer):
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: shapes.__setitem__(name, inp[0].detach())
+            ))
+    try:
+        with torch.enable_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    from backprobe.layers import bind
+
+    modules = dict(model.named_modules())
+    for e in report.entries:
+        if e.name not in shapes:
+            continue
+        m = modules[e.name]
+        xin, op = bind(m, shapes[e.name])
+        est = m.estimator  # type: ignore[union-attr]
+        e.exact_numbers = xin.numel()
+        e.estimator_numbers = est.saved_numbers(op, xin)
+        if m.last_path == "exact":
+            e.action = "exact (fallback)"
+            e.reason = "estimator would keep at least as many numbers as the input"
+
+
+def report(model: nn.Module) -> ConversionReport:
+    """The report of the last ``convert`` of ``model``.
+
+    Raises:
+        ValueError: if the model was never converted.
+    """
+    rep = getattr(model, "_backprobe_report", None)
+    if rep is None:
+        raise ValueError("report: this model was not converted with backprobe.convert")
+    return rep
+
+
+def set_estimator(model: nn.Module, estimator: Estimator) -> nn.Module:
+    """Give every converted layer of ``model`` a new estimator (e.g. to anneal ``r``)."""
+    if not isinstance(estimator, Estimator):
+        raise TypeError(f"set_estimator: expected an Estimator, got {type(estimator).__name__}")
+    for m in model.modules():
+        if isinstance(m, EstimatedLayer):
+            m.estimator = estimator
+    return model
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Turn every backprobe module of ``model`` back into its plain torch module, in place."""
+    for m in model.modules():
+        old = _UNDO.get(type(m))
+        if old is not None:
+            m.__class__ = old
+            for attr in ("estimator", "last_path"):
+                m.__dict__.pop(attr, None)
+    model.__dict__.pop("_backprobe_report", None)
+    return model

@@ -1,0 +1,7 @@
+"""Estimators: what forward keeps and how backward forms the weight gradient."""
+
+from backprobe.estimators._base import EstimatedAffineFn, Estimator, estimated_affine
+from backprobe.estimators.exact import Exact
+from backprobe.estimators.probe import Probe
+
+__all__ = ["EstimatedAffineFn", "Estimator", "Exact", "Probe", "estimated_affine"]

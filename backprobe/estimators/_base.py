@@ -1,0 +1,95 @@
+"""The estimator interface and the one autograd Function that serves every layer.
+
+An estimator is a pair: ``pack`` (what forward keeps for the weight gradient) and
+``weight_grad`` (what backward forms from it). Input and bias gradients are always exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from backprobe.layers import AffineOp
+
+
+class Estimator:
+    """Base class: decides what forward keeps and how backward forms the weight gradient.
+
+    Subclasses set ``natural_layers`` (module types ``convert`` swaps by default) and
+    implement ``pack``, ``weight_grad`` and ``saved_numbers``.
+    """
+
+    natural_layers: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+    def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
+        """Return the tensors to save for the weight gradient and non-tensor metadata."""
+        raise NotImplementedError
+
+    def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
+        """Form the weight gradient (in the weight's layout) from what ``pack`` kept."""
+        raise NotImplementedError
+
+    def saved_numbers(self, op: AffineOp, x: Tensor) -> int:
+        """How many numbers ``pack`` keeps for input ``x`` (the memory cost, in elements)."""
+        raise NotImplementedError
+
+    def backward(
+        self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor, weight: Tensor,
+        input_shape: tuple[int, ...], mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """All three gradients; input and bias exact, weight from ``weight_grad``."""
+        gi, _, gb = op.backward(None, g, weight, input_shape, (mask[0], False, mask[2]))
+        gw = self.weight_grad(op, saved, meta, g) if mask[1] else None
+        return gi, gw, gb
+
+    def for_module(self, module: nn.Module) -> Estimator:
+        """The estimator to use for one call of ``module`` (default: ``self``).
+
+        Estimators with per-layer state (e.g. memory buffers registered on the module)
+        return an object bound to ``module`` here.
+        """
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Estimator state (e.g. RNG) for checkpoints; empty for stateless estimators."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+class EstimatedAffineFn(torch.autograd.Function):
+    """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, op, estimator):  # noqa: D102
+        out = op.forward(x, weight, bias)
+        ctx.op, ctx.estimator, ctx.input_shape = op, estimator, tuple(x.shape)
+        saved: tuple[Tensor, ...] = ()
+        ctx.meta = None
+        if ctx.needs_input_grad[1]:
+            saved, ctx.meta = estimator.pack(op, x)
+        ctx.save_for_backward(weight, *saved)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        weight, *saved = ctx.saved_tensors
+        mask = tuple(ctx.needs_input_grad[:3])
+        gi, gw, gb = ctx.estimator.backward(
+            ctx.op, tuple(saved), ctx.meta, g, weight, ctx.input_shape, mask
+        )
+        if gw is not None:
+            gw = gw.to(weight.dtype)
+        return gi, gw, gb, None, None
+
+
+def estimated_affine(
+    x: Tensor, weight: Tensor, bias: Tensor | None, op: AffineOp, estimator: Estimator
+) -> Tensor:
+    """Apply ``op`` with ``estimator`` forming the weight gradient."""
+    return EstimatedAffineFn.apply(x, weight, bias, op, estimator)

@@ -1,0 +1,139 @@
+"""``nn.Conv1d/2d/3d`` in canonical form: positions are output pixels, ``D_in = C_in * prod(k)``.
+
+Every path calls the aten convolution (and its backward), so stride, dilation, groups,
+padding and 1-D/2-D/3-D inputs are handled by torch itself, exactly. Nothing here unfolds
+the input except ``canonical_input``, which the per-example quantities need by definition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A zero-stride tensor of ``shape``: aten reads only its size."""
+    return like.new_empty(1).expand(shape)
+
+
+@dataclass(frozen=True)
+class ConvOp:
+    """An N-d convolution with resolved integer padding (asymmetric padding already applied)."""
+
+    dim: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_size)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return _CONV_FN[self.dim](
+            x, weight, bias, self.stride, self.padding, self.dilation, self.groups
+        )
+
+    def _backward(self, g, x, weight_shape, weight, groups, mask, has_bias):
+        return torch.ops.aten.convolution_backward(
+            g, x, weight if weight is not None else _dummy(g, weight_shape),
+            [g.shape[1]] if has_bias else None,
+            list(self.stride), list(self.padding), list(self.dilation),
+            False, [0] * self.dim, groups, list(mask),
+        )
+
+    def backward(self, x, g, weight, input_shape, mask):  # noqa: D102 - see AffineOp
+        need_in, need_w, need_b = mask
+        if x is None:
+            x = _dummy(g, tuple(input_shape))
+            need_w = False
+        gi, gw, gb = self._backward(
+            g, x, None, weight.to(g.dtype), self.groups, (need_in, need_w, need_b), need_b
+        )
+        return gi, gw, gb
+
+    def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
+        groups = self.groups if groups is None else groups
+        shape = (g.shape[1], x.shape[1] // groups, *self.kernel_size)
+        x = x.to(g.dtype)
+        return self._backward(g, x, shape, None, groups, (False, True, False), False)[1]
+
+    def canonical_input(self, x: Tensor) -> Tensor:
+        # Unfold with a one-hot kernel: output channel c*K + k copies channel c at offset k.
+        c, k = x.shape[1], self.kernel_numel
+        eye = torch.eye(k, dtype=x.dtype, device=x.device).reshape(k, 1, *self.kernel_size)
+        cols = _CONV_FN[self.dim](
+            x, eye.repeat(c, *([1] * (self.dim + 1))), None,
+            self.stride, self.padding, self.dilation, c,
+        )
+        return cols.flatten(2).transpose(1, 2)
+
+    def canonical_output_grad(self, g: Tensor) -> Tensor:
+        return g.flatten(2).transpose(1, 2)
+
+    def weight_from_matrix(self, m: Tensor) -> Tensor:
+        c_out = m.shape[-2]
+        lead = m.shape[:-2]
+        if self.groups > 1:
+            grp = self.groups
+            m = m.reshape(*lead, grp, c_out // grp, grp, m.shape[-1] // grp)
+            m = torch.diagonal(m, dim1=-4, dim2=-2).movedim(-1, -3)
+        return m.reshape(*lead, c_out, -1, *self.kernel_size)
+
+    def probe_view(self, x: Tensor, mode: str) -> Tensor:
+        if mode == "channel":
+            return x.flatten(2)
+        return x.reshape(x.shape[0], 1, -1)
+
+    def rows(self, t: Tensor) -> Tensor:
+        return t
+
+
+def _resolve_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """Return the input to convolve and symmetric integer padding for the aten call.
+
+    Non-zero padding modes and the asymmetric part of ``padding="same"`` are applied with
+    ``F.pad`` (outside the estimator, so autograd differentiates them exactly).
+    """
+    d = len(module.kernel_size)
+    if module.padding_mode != "zeros":
+        pad = module._reversed_padding_repeated_twice
+        return F.pad(x, pad, mode=module.padding_mode), (0,) * d
+    if module.padding == "valid":
+        return x, (0,) * d
+    if module.padding == "same":
+        total = [dl * (k - 1) for dl, k in zip(module.dilation, module.kernel_size)]
+        left = tuple(t // 2 for t in total)
+        extra = [t - 2 * lt for t, lt in zip(total, left)]
+        if any(extra):
+            pad: list[int] = []
+            for e in reversed(extra):
+                pad += [0, e]
+            x = F.pad(x, pad)
+        return x, left
+    return x, tuple(module.padding)  # type: ignore[arg-type]
+
+
+def bind_conv(module: nn.Module, x: Tensor) -> tuple[Tensor, ConvOp]:
+    """Describe a ``nn.ConvNd`` applied to ``x``; returns the (possibly padded) input and op."""
+    assert isinstance(module, nn.modules.conv._ConvNd)
+    if module.transposed:
+        raise TypeError(f"{type(module).__name__}: transposed convolutions are not supported")
+    x, padding = _resolve_padding(module, x)
+    op = ConvOp(
+        dim=len(module.kernel_size),
+        kernel_size=tuple(module.kernel_size),
+        stride=tuple(module.stride),
+        padding=padding,
+        dilation=tuple(module.dilation),
+        groups=module.groups,
+    )
+    return x, op

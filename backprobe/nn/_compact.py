@@ -1,0 +1,187 @@
+"""Activations that keep what their backward needs in compact form.
+
+``ReLU``/``LeakyReLU`` keep a 1-bit packed sign mask (1/32 of a float32 activation);
+``MaxPool1d/2d/3d`` keep each output's offset inside its window as int8 (1/8 of torch's
+int64 indices, and no copy of the input). Gradients are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _ntuple
+
+_MAGIC_PACK = 0x0102040810204080  # gathers the low bit of 8 bytes into the top byte
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """Pack a boolean tensor into ``ceil(numel / 8)`` uint8 (bit ``i`` of byte ``k`` = element ``8k+i``).
+
+    Example:
+        >>> pack_bits(torch.tensor([True, False, True])).tolist()
+        [5]
+    """
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 64
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    words = flat.view(torch.uint8).view(torch.int64)  # 8 booleans (0/1 bytes) per word
+    return ((words * _MAGIC_PACK) >> 56).to(torch.uint8)[: (mask.numel() + 7) // 8]
+
+
+def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`pack_bits`: a boolean tensor of ``shape``."""
+    n = math.prod(shape)
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(-1)[:n].view(torch.bool).reshape(shape)
+
+
+class PackedReLUFn(torch.autograd.Function):
+    """(Leaky) ReLU that saves a 1-bit mask of ``x > 0``."""
+
+    @staticmethod
+    def forward(ctx, x, negative_slope, inplace):  # noqa: D102
+        mask = x > 0
+        ctx.shape, ctx.negative_slope = x.shape, negative_slope
+        ctx.save_for_backward(pack_bits(mask))
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.relu_() if negative_slope == 0 else F.leaky_relu_(x, negative_slope)
+        return x.relu() if negative_slope == 0 else F.leaky_relu(x, negative_slope)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        (packed,) = ctx.saved_tensors
+        mask = unpack_bits(packed, ctx.shape)
+        other = g * ctx.negative_slope if ctx.negative_slope != 0 else g.new_zeros(())
+        return torch.where(mask, g, other), None, None
+
+
+def _offset_dtype(kernel_numel: int) -> torch.dtype:
+    if kernel_numel <= 127:
+        return torch.int8
+    return torch.int16 if kernel_numel <= 32767 else torch.int32
+
+
+def _window_starts(out_sizes, stride, padding, device) -> list[Tensor]:
+    """Per spatial dim, the first input coordinate of each output's window (broadcastable)."""
+    dim = len(out_sizes)
+    starts = []
+    for d, (o, s, p) in enumerate(zip(out_sizes, stride, padding)):
+        view = [1] * dim
+        view[d] = o
+        starts.append((torch.arange(o, device=device) * s - p).view(view))
+    return starts
+
+
+class CompactMaxPoolFn(torch.autograd.Function):
+    """Max pooling that saves the argmax offset within each window (int8 for kernels <= 127)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):  # noqa: D102
+        dim = len(kernel)
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
+        out, idx = pool(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+        in_sizes, out_sizes = x.shape[-dim:], out.shape[-dim:]
+        offset = torch.zeros_like(idx)
+        rest = idx
+        for d, start in enumerate(_window_starts(out_sizes, stride, padding, x.device)):
+            below = math.prod(in_sizes[d + 1:])
+            coord = rest // below
+            rest = rest - coord * below
+            offset = offset * kernel[d] + (coord - start) // dilation[d]
+        ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
+        ctx.save_for_backward(offset.to(_offset_dtype(math.prod(kernel))))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):  # noqa: D102
+        (offset,) = ctx.saved_tensors
+        kernel, stride, padding, dilation, in_shape = ctx.geometry
+        dim = len(kernel)
+        in_sizes, out_sizes = in_shape[-dim:], g.shape[-dim:]
+        offset = offset.long()
+        idx = torch.zeros_like(offset)
+        starts = _window_starts(out_sizes, stride, padding, g.device)
+        for d in range(dim):
+            k_below = math.prod(kernel[d + 1:])
+            off_d = (offset // k_below) % kernel[d]
+            idx = idx * in_sizes[d] + starts[d] + off_d * dilation[d]
+        lead = g.shape[:-dim]
+        grad = g.new_zeros(*lead, math.prod(in_sizes))
+        grad.scatter_add_(-1, idx.reshape(*lead, -1), g.reshape(*lead, -1))
+        return grad.reshape(in_shape), None, None, None, None, None
+
+
+class ReLU(nn.ReLU):
+    """``nn.ReLU`` that keeps a 1-bit mask for backward (32x less than a float32 output)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return F.relu(x, inplace=self.inplace)
+        return PackedReLUFn.apply(x, 0.0, self.inplace)
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """``nn.LeakyReLU`` that keeps a 1-bit mask for backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return F.leaky_relu(x, self.negative_slope, inplace=self.inplace)
+        return PackedReLUFn.apply(x, float(self.negative_slope), self.inplace)
+
+
+class _CompactMaxPool:
+    """Shared forward of the compact max-pool modules."""
+
+    _dim: int
+
+    def forward(self: Any, x: Tensor) -> Tensor:
+        if self.return_indices:
+            raise ValueError(
+                f"backprobe.nn.{type(self).__name__} keeps window offsets, not indices: "
+                "use torch.nn's max pooling when return_indices=True"
+            )
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)  # type: ignore[misc]
+        tup = _ntuple(self._dim)
+        stride = self.stride if self.stride is not None else self.kernel_size
+        unbatched = x.dim() == self._dim + 1
+        out = CompactMaxPoolFn.apply(
+            x.unsqueeze(0) if unbatched else x, tup(self.kernel_size), tup(stride),
+            tup(self.padding), tup(self.dilation), self.ceil_mode,
+        )
+        return out.squeeze(0) if unbatched else out
+
+
+class MaxPool1d(_CompactMaxPool, nn.MaxPool1d):
+    """``nn.MaxPool1d`` keeping int8 window offsets."""
+
+    _dim = 1
+
+
+class MaxPool2d(_CompactMaxPool, nn.MaxPool2d):
+    """``nn.MaxPool2d`` keeping int8 window offsets."""
+
+    _dim = 2
+
+
+class MaxPool3d(_CompactMaxPool, nn.MaxPool3d):
+    """``nn.MaxPool3d`` keeping int8 window offsets."""
+
+    _dim = 3
+
+
+#: torch type -> compact drop-in type
+COMPACT_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.ReLU: ReLU, nn.LeakyReLU: LeakyReLU,
+    nn.MaxPool1d: MaxPool1d, nn.MaxPool2d: MaxPool2d, nn.MaxPool3d: MaxPool3d,
+}

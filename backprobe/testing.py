@@ -1,0 +1,35 @@
+"""Slow, obviously-correct references shipped for tests and users alike."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from backprobe.convert import revert
+
+
+def reference_grads(
+    module: nn.Module, x: Tensor, grad_output: Tensor, dtype: torch.dtype = torch.float64
+) -> dict[str, Tensor]:
+    """Gradients of ``<module(x), grad_output>`` by plain torch autograd in ``dtype``.
+
+    The module is copied and reverted to its plain torch type first, so this is the oracle
+    for any backprobe layer. Keys: ``"input"`` and each parameter name.
+    """
+    ref = revert(copy.deepcopy(module)).to(dtype)
+    xr = x.detach().to(dtype).requires_grad_(True)
+    out = ref(xr)
+    params = dict(ref.named_parameters())
+    grads = torch.autograd.grad(out, [xr, *params.values()], grad_output.to(dtype))
+    return {"input": grads[0], **dict(zip(params, grads[1:]))}
+
+
+def estimate_mean(
+    draw: Callable[[], Tensor], n: int
+) -> tuple[Tensor, Tensor]:
+    """Mean and standard error (elementwise) of ``n`` estimates from ``draw()`` (float64)."""
+    samples = torch.stack([draw().double() for _ in range(n)])
+    return samples.mean(0), samples.std(0, unbiased=True) / n**0.5
