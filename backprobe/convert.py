@@ -99,31 +99,34 @@ def convert(
     for t in layers:
         if t not in AFFINE_SWAPS:
             names = ", ".join(k.__name__ for k in AFFINE_SWAPS)
-            raise ValueError(f"convert: {getattr(t, '__name__', t)} is not supported (supported: {names})")
+            raise ValueError(
+                f"convert: {getattr(t, '__name__', t)} is not supported (supported: {names})"
+            )
     report = ConversionReport(repr(estimator))
     first_seen = False
+    def add(name: str, kind: type, action: str, reason: str = "") -> None:
+        report.entries.append(LayerEntry(name, kind.__name__, action, reason))
+
     for name, module in model.named_modules():
         torch_type = _UNDO.get(type(module), type(module))
         if torch_type in AFFINE_SWAPS and issubclass(torch_type, layers):
             if not first_seen and skip_first:
                 first_seen = True
-                report.entries.append(LayerEntry(name, torch_type.__name__, "skipped", "skip_first"))
+                add(name, torch_type, "skipped", "skip_first")
                 continue
             first_seen = True
             module.__class__ = AFFINE_SWAPS[torch_type]
             module.estimator = estimator  # type: ignore[assignment]
             module.last_path = None  # type: ignore[assignment]
-            report.entries.append(LayerEntry(name, torch_type.__name__, "converted"))
+            add(name, torch_type, "converted")
         elif compact_activations and torch_type in COMPACT_SWAPS:
             if getattr(module, "return_indices", False):
-                report.entries.append(LayerEntry(name, torch_type.__name__, "skipped", "return_indices=True"))
+                add(name, torch_type, "skipped", "return_indices=True")
                 continue
             module.__class__ = COMPACT_SWAPS[torch_type]
-            report.entries.append(LayerEntry(name, torch_type.__name__, "compact"))
+            add(name, torch_type, "compact")
         elif isinstance(module, layers) or isinstance(module, tuple(COMPACT_SWAPS)):
-            report.entries.append(
-                LayerEntry(name, type(module).__name__, "skipped", "subclass of a torch type")
-            )
+            add(name, type(module), "skipped", "subclass of a torch type")
     model._backprobe_report = report  # type: ignore[assignment]
     if example_input is not None:
         _decide(model, example_input, report)

@@ -96,7 +96,8 @@ class Probe(Estimator):
 
     Randomness: the estimator owns a ``torch.Generator`` seeded once at construction from
     the global RNG (or from ``seed``). Forward draws an integer seed from it and keeps only
-    the sketch and that seed; backward redraws the probes on the tensor's device. The global
+    the sketch and that seed (one 0-d int64 tensor, 8 bytes); backward redraws the probes
+    on the tensor's device. The global
     RNG is never touched after construction.
 
     Compute: with one probe set per batch (``per_sample=False``) backward evaluates all
@@ -187,10 +188,15 @@ class Probe(Estimator):
             sketch = torch.empty(rows, chans, self.num_probes, dtype=cdt, device=x.device)
             for start, stop, z in self._probes(seed, rows, domain, cdt, x.device):
                 sketch[start:stop] = xv[start:stop].to(cdt) @ z.mT
-        return (sketch,), (seed, tuple(op.rows(x).shape))
+        # The seed travels as a (0-d int64) tensor beside the sketch: under activation
+        # checkpointing the recomputed forward refills saved tensors, not ctx attributes,
+        # and a fresh sketch must meet its own seed.
+        seed_t = torch.tensor(seed, dtype=torch.int64)
+        return (sketch, seed_t), tuple(op.rows(x).shape)
 
     def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
-        (sketch,), (seed, row_shape) = saved, meta
+        (sketch, seed_t), row_shape = saved, meta
+        seed = int(seed_t)
         rows, chans, r = sketch.shape
         g = op.rows(g.to(sketch.dtype))
         if chans > 1:  # conv, channel mode
@@ -201,7 +207,10 @@ class Probe(Estimator):
             return self._joint_shared(op, sketch, seed, row_shape, g)
         return self._reconstruct(op, sketch, seed, row_shape, g)
 
-    def _correlate(self, op: ConvOp, sketch: Tensor, seed: int, row_shape, g: Tensor) -> Tensor:
+    def _correlate(
+        self, op: ConvOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
+        g: Tensor,
+    ) -> Tensor:
         """Channel mode: ``H[n, o, j, k] = corr(g[n, o], z_j)[k]`` as one conv backward.
 
         Probes are the input channels of a batch-1 convolution whose output channels are
@@ -219,7 +228,10 @@ class Probe(Estimator):
         full = torch.einsum("nij,nojk->oik", sketch, h).div_(r)
         return op.weight_from_matrix(full.reshape(c_out, c_in * op.kernel_numel))
 
-    def _joint_shared(self, op: AffineOp, sketch: Tensor, seed: int, row_shape, g: Tensor) -> Tensor:
+    def _joint_shared(
+        self, op: AffineOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
+        g: Tensor,
+    ) -> Tensor:
         """One probe set for the batch: ``dW = (1/r) sum_j corr(sum_n s[n, j] g[n], z_j)``."""
         rows, _, r = sketch.shape
         (_, _, z), = self._probes(seed, rows, math.prod(row_shape[1:]), sketch.dtype, g.device)
@@ -227,7 +239,10 @@ class Probe(Estimator):
         gw = op.weight_grad(z.reshape(r, *row_shape[1:]), g_tilde.reshape(r, *g.shape[1:]))
         return gw.div_(r)
 
-    def _reconstruct(self, op: AffineOp, sketch: Tensor, seed: int, row_shape, g: Tensor) -> Tensor:
+    def _reconstruct(
+        self, op: AffineOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
+        g: Tensor,
+    ) -> Tensor:
         """Exact formula on the projection ``x_hat = (1/r) Z Z^T x``, chunked over rows."""
         rows, _, r = sketch.shape
         domain = math.prod(row_shape[1:]) // sketch.shape[1]

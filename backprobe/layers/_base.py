@@ -61,5 +61,5 @@ class AffineOp(Protocol):
         ...
 
     def rows(self, t: Tensor) -> Tensor:
-        """Reshape an input or output-gradient tensor so its first dim is ``B`` of ``probe_view``."""
+        """Reshape an input or output gradient so its first dim is ``probe_view``'s ``B``."""
         ...

@@ -114,10 +114,7 @@ def _resolve_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor
         left = tuple(t // 2 for t in total)
         extra = [t - 2 * lt for t, lt in zip(total, left)]
         if any(extra):
-            pad: list[int] = []
-            for e in reversed(extra):
-                pad += [0, e]
-            x = F.pad(x, pad)
+            x = F.pad(x, [p for e in reversed(extra) for p in (0, e)])
         return x, left
     return x, tuple(module.padding)  # type: ignore[arg-type]
 

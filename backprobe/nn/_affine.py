@@ -23,7 +23,8 @@ def _check_estimator(estimator: Any) -> Estimator:
         return _EXACT
     if not isinstance(estimator, Estimator):
         raise TypeError(
-            f"estimator must be a backprobe estimator (Exact, Probe, ...), got {type(estimator).__name__}"
+            "estimator must be a backprobe estimator (Exact, Probe, ...), "
+            f"got {type(estimator).__name__}"
         )
     return estimator
 
@@ -43,9 +44,12 @@ class EstimatedLayer(nn.Module):
 
     def _estimated_forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__}: expected a floating-point input, got {x.dtype}")
+            raise TypeError(
+                f"{type(self).__name__}: expected a floating-point input, got {x.dtype}"
+            )
         x, op = bind(self, x)
-        weight, bias = self.weight, self.bias  # type: ignore[attr-defined]
+        weight: Tensor = self.weight  # type: ignore[assignment]
+        bias: Tensor | None = self.bias  # type: ignore[assignment]
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return op.forward(x, weight, bias)
         est = self.estimator

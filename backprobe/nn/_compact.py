@@ -20,7 +20,7 @@ _MAGIC_PACK = 0x0102040810204080  # gathers the low bit of 8 bytes into the top 
 
 
 def pack_bits(mask: Tensor) -> Tensor:
-    """Pack a boolean tensor into ``ceil(numel / 8)`` uint8 (bit ``i`` of byte ``k`` = element ``8k+i``).
+    """Pack booleans into ``ceil(numel / 8)`` uint8: bit ``i`` of byte ``k`` is element ``8k+i``.
 
     Example:
         >>> pack_bits(torch.tensor([True, False, True])).tolist()

@@ -1,0 +1,101 @@
+"""convert / revert / report / set_estimator on whole networks."""
+
+import pytest
+import torch
+from torch import nn
+
+import backprobe
+from backprobe import Exact, Probe
+
+
+def small_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 10),
+    )
+
+
+def test_convert_swaps_in_place_and_reports():
+    model = small_net()
+    params = [id(p) for p in model.parameters()]
+    x = torch.randn(4, 3, 8, 8)
+    out = backprobe.convert(model, Probe(8), example_input=x)
+    assert out is model and [id(p) for p in model.parameters()] == params
+    assert isinstance(model[0], backprobe.nn.Conv2d) and type(model[9]) is nn.Linear
+    assert isinstance(model[1], backprobe.nn.ReLU) and isinstance(model[2], backprobe.nn.MaxPool2d)
+    rep = backprobe.report(model)
+    actions = {e.name: e.action for e in rep.entries}
+    assert actions["0"] == "converted" and actions["3"] == "converted"
+    # the last conv sees 2x2 maps (4 positions < 8 probes): falls back to exact, and says so
+    assert actions["6"] == "exact (fallback)"
+    assert "6" in rep.skipped and "0" in rep.converted
+    assert "Conv2d" in str(rep)
+
+
+def test_convert_layers_skip_first_and_subclasses():
+    class MyConv(nn.Conv2d):
+        pass
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), MyConv(4, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(4, 2))
+    backprobe.convert(model, Probe(4), skip_first=True, layers=(nn.Conv2d, nn.Linear))
+    assert type(model[0]) is nn.Conv2d and type(model[1]) is MyConv
+    assert isinstance(model[2], backprobe.nn.Conv2d) and isinstance(model[3], backprobe.nn.Linear)
+    reasons = {e.name: e.reason for e in backprobe.report(model).entries}
+    assert reasons["0"] == "skip_first" and "subclass" in reasons["1"]
+
+
+def test_revert_and_state_dict_compatibility():
+    model = small_net()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    backprobe.convert(model, Probe(4))
+    assert model.state_dict().keys() == sd.keys()
+    plain = small_net()
+    plain.load_state_dict(model.state_dict(), strict=True)
+    model.load_state_dict(sd, strict=True)
+    backprobe.revert(model)
+    assert all(type(m).__module__.startswith("torch.nn") for m in model.modules())
+    assert not hasattr(model[0], "estimator")
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), plain(x))
+
+
+def test_converted_network_trains_with_exact_gradients_under_exact():
+    torch.manual_seed(0)
+    model = small_net().double()
+    ref = small_net().double()
+    ref.load_state_dict(model.state_dict())
+    backprobe.convert(model, Exact(), layers=(nn.Conv2d, nn.Linear))
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    for net in (model, ref):
+        nn.functional.cross_entropy(net(x), y).backward()
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_set_estimator_anneals_r():
+    model = backprobe.convert(small_net(), Probe(8))
+    backprobe.set_estimator(model, Probe(2))
+    assert all(m.estimator.num_probes == 2 for m in model.modules()
+               if isinstance(m, backprobe.nn.EstimatedLayer))
+
+
+def test_whole_network_memory_drops():
+    model = small_net()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    model[9] = nn.Linear(8 * 8 * 8, 10)
+    loss = nn.CrossEntropyLoss()
+    exact = backprobe.saved_activation_bytes(model, x, y, loss)
+    backprobe.convert(model, Probe(4))
+    probed = backprobe.saved_activation_bytes(model, x, y, loss)
+    assert probed * 8 < exact
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="LSTM"):
+        backprobe.convert(small_net(), Probe(4), layers=(nn.LSTM,))
+    with pytest.raises(TypeError):
+        backprobe.convert(small_net(), "probe:4")
+    with pytest.raises(ValueError, match="not converted"):
+        backprobe.report(small_net())
