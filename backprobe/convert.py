@@ -118,6 +118,7 @@ def convert(
             module.__class__ = AFFINE_SWAPS[torch_type]
             module.estimator = estimator  # type: ignore[assignment]
             module.last_path = None  # type: ignore[assignment]
+            estimator.attach(module)
             add(name, torch_type, "converted")
         elif compact_activations and torch_type in COMPACT_SWAPS:
             if getattr(module, "return_indices", False):
@@ -181,8 +182,10 @@ def set_estimator(model: nn.Module, estimator: Estimator) -> nn.Module:
     if not isinstance(estimator, Estimator):
         raise TypeError(f"set_estimator: expected an Estimator, got {type(estimator).__name__}")
     for m in model.modules():
-        if isinstance(m, EstimatedLayer):
+        if isinstance(m, EstimatedLayer) and m.estimator is not estimator:
+            m.estimator.detach(m)
             m.estimator = estimator
+            estimator.attach(m)
     return model
 
 
@@ -191,6 +194,8 @@ def revert(model: nn.Module) -> nn.Module:
     for m in model.modules():
         old = _UNDO.get(type(m))
         if old is not None:
+            if isinstance(m, EstimatedLayer):
+                m.estimator.detach(m)
             m.__class__ = old
             for attr in ("estimator", "last_path"):
                 m.__dict__.pop(attr, None)

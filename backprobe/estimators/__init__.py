@@ -1,7 +1,11 @@
 """Estimators: what forward keeps and how backward forms the weight gradient."""
 
 from backprobe.estimators._base import EstimatedAffineFn, Estimator, estimated_affine
+from backprobe.estimators.aop import AOP, remove_memory, reset_memory
 from backprobe.estimators.exact import Exact
 from backprobe.estimators.probe import Probe
 
-__all__ = ["EstimatedAffineFn", "Estimator", "Exact", "Probe", "estimated_affine"]
+__all__ = [
+    "AOP", "EstimatedAffineFn", "Estimator", "Exact", "Probe", "estimated_affine",
+    "remove_memory", "reset_memory",
+]

@@ -53,6 +53,14 @@ class Estimator:
         """
         return self
 
+    def attach(self, module: nn.Module) -> nn.Module:
+        """Called when ``module`` starts using this estimator (e.g. to register buffers)."""
+        return module
+
+    def detach(self, module: nn.Module) -> nn.Module:
+        """Called when ``module`` stops using this estimator (undo ``attach``)."""
+        return module
+
     def state_dict(self) -> dict[str, Any]:
         """Estimator state (e.g. RNG) for checkpoints; empty for stateless estimators."""
         return {}

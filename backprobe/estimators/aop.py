@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.estimators._base import Estimator
-from backprobe.layers import AffineOp
+from backprobe.layers import AffineOp, ConvOp
 
 POLICIES = ("topk", "randk", "weightedk")
 MEMORIES = (False, True, "error_feedback")
@@ -160,8 +160,13 @@ class AOP(Estimator):
     rows. So the buffers have as many rows as the largest batch seen since the last
     :func:`reset_memory`.
 
-    Memory cost: ``pack`` keeps the layer input, like exact autograd (``x.numel()`` numbers;
-    convolutions are unfolded in backward). AOP saves compute, not memory. ``memory=True``
+    Compute: scores ``O(M (D_in + D_out))``, selection, gather ``K`` rows, one matmul. For
+    convolutions without row memory the scores come from a convolution of ``x^2`` with a
+    ones kernel and only the ``K`` selected patches are gathered (no unfolding); the row
+    memory holds unfolded rows, so ``memory=True`` unfolds the whole input in backward.
+
+    Memory cost: ``pack`` keeps the layer input, like exact autograd (``x.numel()`` numbers).
+    AOP saves compute, not memory. ``memory=True``
     adds persistent buffers of ``M * (D_in + D_out)`` numbers per layer (for a convolution
     ``M = N * S`` with the unfolded ``D_in``: often larger than the input);
     ``"error_feedback"`` adds one weight-sized buffer. Buffers are registered on the module
@@ -195,7 +200,7 @@ class AOP(Estimator):
         >>> from backprobe.estimators.aop import AOP
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 10))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> backprobe.convert(model, AOP(16, policy="topk", memory=True, seed=0))
+        >>> _ = backprobe.convert(model, AOP(16, policy="topk", memory=True, seed=0))
         >>> x, y = torch.randn(64, 64), torch.randint(0, 10, (64,))
         >>> torch.nn.functional.cross_entropy(model(x), y).backward()  # 16 of 64 products
         >>> opt.step()
@@ -271,6 +276,10 @@ class AOP(Estimator):
             if getattr(m, "estimator", None) is self and hasattr(m, "weight"):
                 self._register(m)
         return model
+
+    def detach(self, module: nn.Module) -> nn.Module:
+        """Delete the memory buffers of ``module`` (it no longer uses this estimator)."""
+        return remove_memory(module)
 
     def _register(self, module: nn.Module) -> None:
         weight = module.weight
@@ -366,19 +375,26 @@ class AOP(Estimator):
     def _weight_grad(self, op: AffineOp, x: Tensor, g: Tensor, module: nn.Module | None) -> Tensor:
         if self.memory is not False and module is None:
             raise ValueError("AOP with memory must be bound to a module (estimator.for_module)")
+        if g.numel() == 0:  # empty batch: nothing to select, memory untouched
+            return op.weight_grad(x, g)
         dtype = g.dtype
-        xr = op.canonical_input(x.to(dtype))
-        xr = xr.reshape(-1, xr.shape[-1])
-        gr = op.canonical_output_grad(g)
-        gr = gr.reshape(-1, gr.shape[-1])
-        m = xr.shape[0]
         groups = int(getattr(op, "groups", 1))
-        if self.memory is True:
-            assert module is not None
-            return self._with_rows(op, xr, gr, module, groups)
-        k = self.num_rows(m)
-        idx, w = self.select(_scores(xr, gr, groups), k)
-        est = self._product(op, xr.index_select(0, idx), gr.index_select(0, idx), w, groups)
+        if isinstance(op, ConvOp) and self.memory is not True:
+            # Scores without unfolding; only the K selected patches are gathered.
+            scores = _conv_scores(op, x.to(dtype), g)
+            idx, w = self.select(scores, self.num_rows(scores.shape[0]))
+            xs, gs = _conv_gather(op, x.to(dtype), g, idx)
+        else:
+            xr = op.canonical_input(x.to(dtype))
+            xr = xr.reshape(-1, xr.shape[-1])
+            gr = op.canonical_output_grad(g)
+            gr = gr.reshape(-1, gr.shape[-1])
+            if self.memory is True:
+                assert module is not None
+                return self._with_rows(op, xr, gr, module, groups)
+            idx, w = self.select(_scores(xr, gr, groups), self.num_rows(xr.shape[0]))
+            xs, gs = xr.index_select(0, idx), gr.index_select(0, idx)
+        est = self._product(op, xs, gs, w, groups)
         if self.memory == "error_feedback":
             assert module is not None
             eta = self._eta(module)
@@ -409,8 +425,10 @@ class AOP(Estimator):
         idx, w = self.select(_scores(x_hat, g_hat, groups), self.num_rows(m))
         out = self._product(op, x_hat.index_select(0, idx), g_hat.index_select(0, idx), w, groups)
         # New memory: the unselected rows (paper units), then the rows this batch did not reach.
-        new_x = x_hat.index_fill_(0, idx, 0).mul_(scale).to(mem_x.dtype)
-        new_g = g_hat.index_fill_(0, idx, 0).mul_(scale).to(mem_g.dtype)
+        new_x, new_g = x_hat.index_fill_(0, idx, 0), g_hat.index_fill_(0, idx, 0)
+        if scale != 1.0:
+            new_x, new_g = new_x.mul_(scale), new_g.mul_(scale)
+        new_x, new_g = new_x.to(mem_x.dtype), new_g.to(mem_g.dtype)
         if mem_x.shape[0] > m:
             new_x = torch.cat([new_x, mem_x[m:]])
             new_g = torch.cat([new_g, mem_g[m:]])
@@ -460,6 +478,47 @@ def _scores(xr: Tensor, gr: Tensor, groups: int) -> Tensor:
     nx = xr.reshape(m, groups, -1).square().sum(-1)
     ng = gr.reshape(m, groups, -1).square().sum(-1)
     return (nx * ng).sum(-1).sqrt()
+
+
+def _conv_scores(op: ConvOp, x: Tensor, g: Tensor) -> Tensor:
+    """``_scores`` of the unfolded rows, computed without unfolding: ``[N * S]``.
+
+    ``||x_patch||^2`` per group is a convolution of ``x^2`` with a ones kernel.
+    """
+    n, c_in, grp = x.shape[0], x.shape[1], op.groups
+    ones = x.new_ones(grp, c_in // grp, *op.kernel_size)
+    nx = op.forward(x.square(), ones, None).flatten(2)  # [N, groups, S]
+    ng = g.flatten(2).square().reshape(n, grp, -1, nx.shape[-1]).sum(2)
+    return (nx * ng).sum(1).clamp_min(0).sqrt().reshape(-1)
+
+
+def _conv_gather(op: ConvOp, x: Tensor, g: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows ``idx`` (flat ``n * S + s``) of ``canonical_input(x)`` and the output gradient."""
+    out_shape = g.shape[2:]
+    s_total = math.prod(out_shape)
+    n_idx, s_idx = idx // s_total, idx % s_total
+    pad: list[int] = []
+    for p in reversed(op.padding):
+        pad += [p, p]
+    xp = torch.nn.functional.pad(x, pad).movedim(1, -1)  # [N, *spatial, C]
+    d = op.dim
+    index: list[Tensor] = [n_idx.reshape(-1, *([1] * d))]
+    rem = s_idx
+    coords = []
+    for size in reversed(out_shape):
+        coords.append(rem % size)
+        rem = rem // size
+    coords.reverse()
+    for j in range(d):
+        shape = [1] * d
+        shape[j] = op.kernel_size[j]
+        offs = torch.arange(op.kernel_size[j], device=x.device) * op.dilation[j]
+        pos = coords[j].reshape(-1, 1) * op.stride[j] + offs
+        index.append(pos.reshape(-1, *shape))
+    patches = xp[tuple(index)]  # [K, *kernel, C]
+    xs = patches.movedim(-1, 1).reshape(idx.shape[0], -1)
+    gs = g.flatten(2)[n_idx, :, s_idx]
+    return xs, gs
 
 
 class _BoundAOP(Estimator):

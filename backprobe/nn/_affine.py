@@ -68,6 +68,7 @@ class EstimatedLayer(nn.Module):
 def _init(module: EstimatedLayer, estimator: Estimator | None) -> None:
     module.estimator = _check_estimator(estimator)
     module.last_path = None
+    module.estimator.attach(module)
 
 
 class Linear(EstimatedLayer, nn.Linear):
