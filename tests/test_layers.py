@@ -95,3 +95,22 @@ def test_unsupported_module_raises():
 
     with pytest.raises(TypeError, match="ConvTranspose2d"):
         bind(nn.ConvTranspose2d(2, 2, 3), torch.randn(1, 2, 5, 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(conv_configs())
+def test_input_and_bias_grad_without_the_input(cfg):
+    """The path estimators use (no saved input): transposed convolution with output_padding."""
+    layer = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[cfg["dim"]](
+        cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
+        dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
+    ).double()
+    x = torch.randn(cfg["batch"], cfg["c_in"], *cfg["size"], dtype=torch.float64)
+    xr, op = bind(layer, x)
+    g = torch.randn_like(op.forward(xr, layer.weight, layer.bias))
+    gi, gw, gb = op.backward(None, g, layer.weight, tuple(xr.shape), (True, False, True))
+    xr = xr.detach().requires_grad_(True)
+    ref = torch.autograd.grad(op.forward(xr, layer.weight, layer.bias), [xr, layer.bias], g)
+    assert gw is None
+    torch.testing.assert_close(gi, ref[0])
+    torch.testing.assert_close(gb, ref[1])

@@ -15,7 +15,6 @@ included; probes live on the unpadded input, so zero padding costs no variance).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,8 +24,7 @@ from backprobe.estimators._base import Estimator
 from backprobe.layers import AffineOp, ConvOp
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")
-MODES = ("channel", "joint")
-_CHUNK_ELEMENTS = 1 << 24  # probes drawn at once when they are independent per example
+MODES = ("channel", "joint", "auto")
 _SEED_HIGH = 2**62
 
 
@@ -85,30 +83,41 @@ class Probe(Estimator):
     Shapes (batch ``N``, input channels ``C``, input positions ``P``): ``mode="channel"``
     sketches each input channel over positions and keeps ``N * C * r`` numbers;
     ``mode="joint"`` sketches channels and positions together (the paper's multi-channel
-    estimator) and keeps ``N * r``. On ``nn.Linear`` the features are the domain and it
-    keeps ``r`` numbers per row (``N * r`` for a ``[N, D]`` input), in either mode.
+    estimator) and keeps ``N * r``; ``mode="auto"`` uses channel mode where it keeps fewer
+    numbers than the input and joint mode elsewhere (small late feature maps). On
+    ``nn.Linear`` the features are the domain and it keeps ``r`` numbers per row (``N * r``
+    for a ``[N, D]`` input), in every mode. Plus one int64 seed per call.
 
-    Estimate: ``dW = (1/r) sum_{n,j} <x[n], z_j> corr(g[n], z_j)``; unbiased because the
+    Estimate: ``dW = (1/r) sum_{n,j} <x[n], z_nj> corr(g[n], z_nj)``, i.e. the exact formula
+    on the projection ``x_hat[n] = (1/r) sum_j <x[n], z_nj> z_nj``; unbiased because the
     probes are independent of ``x`` and ``g`` and ``E[z z^T] = I``. Variance shrinks as
-    ``1/r``; ``per_sample=True`` draws independent probes per example (less variance, same
-    memory); ``orthogonal=True`` orthonormalises probe blocks (exact once ``r`` reaches the
-    domain size). Input and bias gradients stay exact.
+    ``1/r``. ``orthogonal=True`` orthonormalises the probe block (exact once ``r`` reaches
+    the domain size). Input and bias gradients stay exact.
+
+    Per-example probes (``per_sample=True``, the default) are one shared probe set with
+    independent random sign flips per example, ``z_nj = d_n * z_j`` (``d_n`` Rademacher).
+    For the symmetric distributions offered, each example's probes are then i.i.d. from the
+    chosen distribution, and estimates from different examples are uncorrelated
+    (``E[estimate_n | z] = exact_n``): the variance of fully independent probes, from
+    ``(N + r) * Q`` random numbers instead of ``N * r * Q``, and with sketch and projection
+    as single matrix products. ``per_sample=False`` shares the probes across the batch:
+    estimates of different examples are correlated (more variance), but backward is
+    cheaper (below).
 
     Randomness: the estimator owns a ``torch.Generator`` seeded once at construction from
     the global RNG (or from ``seed``). Forward draws an integer seed from it and keeps only
     the sketch and that seed (one 0-d int64 tensor, 8 bytes); backward redraws the probes
-    on the tensor's device. The global
-    RNG is never touched after construction.
+    on the tensor's device. The global RNG is never touched after construction.
 
-    Compute: with one probe set per batch (``per_sample=False``) backward evaluates all
-    correlations as one convolution backward of cost ``r/C`` of the exact one (channel mode)
-    or ``r/N`` (joint mode); with per-example probes it costs about as much as exact.
+    Compute: with shared probes backward evaluates all correlations as one convolution
+    backward of cost ``r/C`` of the exact one (channel mode, ``r <= C``) or ``r/N`` (joint
+    mode, ``r < N``); otherwise it costs one exact weight gradient on ``x_hat``.
 
     Args:
         num_probes: probes ``r`` per sketch (>= 1).
         distribution: ``"rademacher"``, ``"gaussian"`` or ``"uniform"``.
-        mode: ``"channel"`` or ``"joint"`` (see above).
-        per_sample: independent probes for each example.
+        mode: ``"channel"``, ``"joint"`` or ``"auto"`` (see above).
+        per_sample: independent probes for each example (sign-flipped, see above).
         orthogonal: orthonormalised probe blocks.
         seed: seed of the private generator (default: drawn from the global RNG).
 
@@ -150,26 +159,33 @@ class Probe(Estimator):
     def _next_seed(self) -> int:
         return int(torch.randint(0, _SEED_HIGH, (), generator=self._generator).item())
 
-    def _probes(
+    def _draw(
         self, seed: int, rows: int, domain: int, dtype: torch.dtype, device: torch.device
-    ) -> Iterator[tuple[int, int, Tensor]]:
-        """Yield ``(start, stop, z)``: probes ``[stop - start or 1, r, domain]`` for rows.
+    ) -> tuple[Tensor, Tensor | None]:
+        """Probes ``z [r, domain]`` and per-row sign flips ``[rows, domain]`` (or ``None``).
 
-        The same seed and shapes always give the same sequence (forward and backward).
+        The same seed and shapes always give the same draw (forward and backward).
         """
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
-        r = self.num_probes
-        per = max(1, _CHUNK_ELEMENTS // (r * domain)) if self.per_sample else rows
-        for start in range(0, rows, per):
-            stop = min(rows, start + per)
-            b = stop - start if self.per_sample else 1
-            z = draw_probes((b, r, domain), self.distribution, gen, device, dtype)
-            yield start, stop, orthonormalise(z) if self.orthogonal else z
+        z = draw_probes((self.num_probes, domain), self.distribution, gen, device, dtype)
+        if self.orthogonal:
+            z = orthonormalise(z)
+        flips = None
+        if self.per_sample:
+            flips = draw_probes((rows, 1, domain), "rademacher", gen, device, dtype)
+        return z, flips
 
     # -- estimator interface -------------------------------------------------------------
+    def _view(self, op: AffineOp, x: Tensor) -> Tensor:
+        """``x`` as ``[rows, sketches per row, domain]`` for this estimator's mode."""
+        if self.mode != "auto":
+            return op.probe_view(x, self.mode)
+        xv = op.probe_view(x, "channel")
+        return xv if xv.shape[2] > self.num_probes else op.probe_view(x, "joint")
+
     def saved_numbers(self, op: AffineOp, x: Tensor) -> int:
-        b, c, _ = op.probe_view(x, self.mode).shape
+        b, c, _ = self._view(op, x).shape
         return b * c * self.num_probes
 
     def worthwhile(self, op: AffineOp, x: Tensor) -> bool:
@@ -178,16 +194,10 @@ class Probe(Estimator):
 
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         cdt = _compute_dtype(x.dtype)
-        xv = op.probe_view(x, self.mode)
-        rows, chans, domain = xv.shape
+        xv = self._view(op, x).to(cdt)
         seed = self._next_seed()
-        if not self.per_sample:
-            (_, _, z), = self._probes(seed, rows, domain, cdt, x.device)
-            sketch = xv.to(cdt) @ z[0].mT
-        else:
-            sketch = torch.empty(rows, chans, self.num_probes, dtype=cdt, device=x.device)
-            for start, stop, z in self._probes(seed, rows, domain, cdt, x.device):
-                sketch[start:stop] = xv[start:stop].to(cdt) @ z.mT
+        z, flips = self._draw(seed, xv.shape[0], xv.shape[2], cdt, x.device)
+        sketch = (xv if flips is None else xv * flips) @ z.mT
         # The seed travels as a (0-d int64) tensor beside the sketch: under activation
         # checkpointing the recomputed forward refills saved tensors, not ctx attributes,
         # and a fresh sketch must meet its own seed.
@@ -196,63 +206,48 @@ class Probe(Estimator):
 
     def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
         (sketch, seed_t), row_shape = saved, meta
-        seed = int(seed_t)
         rows, chans, r = sketch.shape
         g = op.rows(g.to(sketch.dtype))
-        if chans > 1:  # conv, channel mode
-            assert isinstance(op, ConvOp)
-            if r <= row_shape[1] // op.groups:
-                return self._correlate(op, sketch, seed, row_shape, g)
-        elif not self.per_sample and r < rows:
-            return self._joint_shared(op, sketch, seed, row_shape, g)
-        return self._reconstruct(op, sketch, seed, row_shape, g)
+        z, flips = self._draw(int(seed_t), rows, math.prod(row_shape[1:]) // chans,
+                              sketch.dtype, g.device)
+        if flips is None:
+            if chans > 1:  # conv, channel mode
+                assert isinstance(op, ConvOp)
+                if r <= row_shape[1] // op.groups:
+                    return self._correlate(op, sketch, z, row_shape, g)
+            elif r < rows:
+                return self._joint_shared(op, sketch, z, row_shape, g)
+        x_hat = (sketch @ z).div_(r)
+        if flips is not None:
+            x_hat.mul_(flips)
+        return op.weight_grad(x_hat.reshape(row_shape), g)
 
+    @staticmethod
     def _correlate(
-        self, op: ConvOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
-        g: Tensor,
+        op: ConvOp, sketch: Tensor, z: Tensor, row_shape: tuple[int, ...], g: Tensor
     ) -> Tensor:
-        """Channel mode: ``H[n, o, j, k] = corr(g[n, o], z_j)[k]`` as one conv backward.
+        """Channel mode, shared probes: ``H[n, o, j, k] = corr(g[n, o], z_j)[k]``.
 
-        Probes are the input channels of a batch-1 convolution whose output channels are
-        ``(n, o)``; per-example probes make it a grouped one (groups = examples).
+        All of ``H`` is one convolution backward: probes as the input channels of a batch-1
+        convolution whose output channels are ``(n, o)``. Then ``dW = (1/r) s . H``.
         """
         n, c_in, r = sketch.shape
         c_out, out_sp = g.shape[1], g.shape[2:]
-        parts = []
-        domain = math.prod(row_shape[2:])
-        for start, stop, z in self._probes(seed, n, domain, sketch.dtype, g.device):
-            b = z.shape[0]
-            gk = g[start:stop].reshape(1, (stop - start) * c_out, *out_sp)
-            parts.append(op.weight_grad(z.reshape(1, b * r, *row_shape[2:]), gk, groups=b))
-        h = torch.cat(parts).reshape(n, c_out, r, op.kernel_numel)
+        gk = g.reshape(1, n * c_out, *out_sp)
+        h = op.weight_grad(z.reshape(1, r, *row_shape[2:]), gk, groups=1)
+        h = h.reshape(n, c_out, r, op.kernel_numel)
         full = torch.einsum("nij,nojk->oik", sketch, h).div_(r)
         return op.weight_from_matrix(full.reshape(c_out, c_in * op.kernel_numel))
 
+    @staticmethod
     def _joint_shared(
-        self, op: AffineOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
-        g: Tensor,
+        op: AffineOp, sketch: Tensor, z: Tensor, row_shape: tuple[int, ...], g: Tensor
     ) -> Tensor:
         """One probe set for the batch: ``dW = (1/r) sum_j corr(sum_n s[n, j] g[n], z_j)``."""
         rows, _, r = sketch.shape
-        (_, _, z), = self._probes(seed, rows, math.prod(row_shape[1:]), sketch.dtype, g.device)
         g_tilde = sketch[:, 0, :].mT @ g.reshape(rows, -1)
         gw = op.weight_grad(z.reshape(r, *row_shape[1:]), g_tilde.reshape(r, *g.shape[1:]))
         return gw.div_(r)
-
-    def _reconstruct(
-        self, op: AffineOp, sketch: Tensor, seed: int, row_shape: tuple[int, ...],
-        g: Tensor,
-    ) -> Tensor:
-        """Exact formula on the projection ``x_hat = (1/r) Z Z^T x``, chunked over rows."""
-        rows, _, r = sketch.shape
-        domain = math.prod(row_shape[1:]) // sketch.shape[1]
-        gw: Tensor | None = None
-        for start, stop, z in self._probes(seed, rows, domain, sketch.dtype, g.device):
-            x_hat = (sketch[start:stop] @ z).div_(r).reshape(stop - start, *row_shape[1:])
-            part = op.weight_grad(x_hat, g[start:stop])
-            gw = part if gw is None else gw.add_(part)
-        assert gw is not None
-        return gw
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

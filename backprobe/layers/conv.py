@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -50,15 +51,27 @@ class ConvOp:
             False, [0] * self.dim, groups, list(mask),
         )
 
+    def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+        """The input gradient as a transposed convolution; needs no input tensor.
+
+        ``output_padding`` recovers the input sizes that a stride rounds away. (Handing aten's
+        convolution backward a stand-in input instead makes it copy one of full size.)
+        """
+        geometry = zip(input_shape[2:], g.shape[2:], self.stride, self.padding, self.dilation,
+                       self.kernel_size)
+        out_pad = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in geometry]
+        return _CONV_T_FN[self.dim](
+            g, weight.to(g.dtype), None, self.stride, self.padding, out_pad, self.groups,
+            self.dilation,
+        )
+
     def backward(self, x, g, weight, input_shape, mask):  # noqa: D102 - see AffineOp
         need_in, need_w, need_b = mask
-        if x is None:
-            x = _dummy(g, tuple(input_shape))
-            need_w = False
-        gi, gw, gb = self._backward(
-            g, x, None, weight.to(g.dtype), self.groups, (need_in, need_w, need_b), need_b
-        )
-        return gi, gw, gb
+        if x is None or not need_w:
+            gi = self.input_grad(g, weight, input_shape) if need_in else None
+            gb = g.sum([0, *range(2, g.dim())]) if need_b else None
+            return gi, None, gb
+        return self._backward(g, x, None, weight.to(g.dtype), self.groups, mask, need_b)
 
     def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
         groups = self.groups if groups is None else groups
