@@ -51,7 +51,11 @@ def test_relu_exact_and_one_bit(module, inplace):
     "dim,kwargs,shape",
     [
         (1, dict(kernel_size=3, stride=2), (2, 3, 11)),
-        (2, dict(kernel_size=2), (2, 3, 8, 8)),
+        (2, dict(kernel_size=2), (2, 3, 8, 8)),  # tiling windows: the reshape path
+        (2, dict(kernel_size=(2, 3)), (2, 3, 8, 9)),
+        (3, dict(kernel_size=2), (1, 2, 4, 6, 2)),
+        (1, dict(kernel_size=3), (2, 12)),  # unbatched 1-D
+        (2, dict(kernel_size=2), (2, 3, 9, 8)),  # does not tile: the general path
         (2, dict(kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True), (2, 3, 9, 7)),
         (2, dict(kernel_size=3, stride=1), (3, 7, 6)),  # unbatched, overlapping windows
         (3, dict(kernel_size=2, padding=1), (1, 2, 5, 4, 3)),
@@ -81,3 +85,14 @@ def test_compact_modules_follow_no_grad():
     with torch.no_grad():
         assert torch.equal(backprobe.nn.ReLU()(x), F.relu(x))
         assert torch.equal(backprobe.nn.MaxPool2d(2)(x), F.max_pool2d(x, 2))
+
+
+def test_maxpool_ties_pick_the_first_maximum_like_torch():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, :2, :2] = 1.0  # a tie in the first window, zeros elsewhere
+    for pool in (backprobe.nn.MaxPool2d(2), backprobe.nn.MaxPool2d(2, stride=1)):
+        g = torch.ones_like(pool(x))
+        ref = reference_grads(pool, x, g)
+        xx = x.clone().requires_grad_(True)
+        pool(xx).backward(g)
+        torch.testing.assert_close(xx.grad, ref["input"])

@@ -81,15 +81,50 @@ def _window_starts(out_sizes, stride, padding, device) -> list[Tensor]:
     return starts
 
 
+def _tiled(kernel, stride, padding, dilation, in_sizes) -> bool:
+    """Non-overlapping windows that tile the input exactly: pooling is a reshape + max."""
+    return (tuple(kernel) == tuple(stride) and not any(padding) and set(dilation) == {1}
+            and all(s % k == 0 for s, k in zip(in_sizes, kernel)))
+
+
+def _windows(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """``[*lead, *in]`` -> ``[*lead, *out, prod(kernel)]`` for tiling windows (row-major)."""
+    dim = len(kernel)
+    lead, sizes = x.shape[:-dim], x.shape[-dim:]
+    split = [v for s, k in zip(sizes, kernel) for v in (s // k, k)]
+    x = x.reshape(*lead, *split)
+    nl = len(lead)
+    order = [*range(nl), *(nl + 2 * d for d in range(dim)), *(nl + 2 * d + 1 for d in range(dim))]
+    return x.permute(order).reshape(*lead, *(s // k for s, k in zip(sizes, kernel)), -1)
+
+
+def _unwindows(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`_windows`."""
+    dim = len(kernel)
+    lead, out = w.shape[: -dim - 1], w.shape[-dim - 1:-1]
+    nl = len(lead)
+    w = w.reshape(*lead, *out, *kernel)
+    order = [*range(nl)] + [v for d in range(dim) for v in (nl + d, nl + dim + d)]
+    return w.permute(order).reshape(*lead, *(o * k for o, k in zip(out, kernel)))
+
+
 class CompactMaxPoolFn(torch.autograd.Function):
     """Max pooling that saves the argmax offset within each window (int8 for kernels <= 127)."""
 
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):  # noqa: D102
         dim = len(kernel)
+        in_sizes = x.shape[-dim:]
+        ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
+        ctx.tiled = _tiled(kernel, stride, padding, dilation, in_sizes)
+        offset_dtype = _offset_dtype(math.prod(kernel))
+        if ctx.tiled:  # argmax over each window is the offset itself (first max on ties)
+            out, off = _windows(x, kernel).max(-1)
+            ctx.save_for_backward(off.to(offset_dtype))
+            return out
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
         out, idx = pool(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-        in_sizes, out_sizes = x.shape[-dim:], out.shape[-dim:]
+        out_sizes = out.shape[-dim:]
         offset = torch.zeros_like(idx)
         rest = idx
         for d, start in enumerate(_window_starts(out_sizes, stride, padding, x.device)):
@@ -97,8 +132,7 @@ class CompactMaxPoolFn(torch.autograd.Function):
             coord = rest // below
             rest = rest - coord * below
             offset = offset * kernel[d] + (coord - start) // dilation[d]
-        ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
-        ctx.save_for_backward(offset.to(_offset_dtype(math.prod(kernel))))
+        ctx.save_for_backward(offset.to(offset_dtype))
         return out
 
     @staticmethod
@@ -107,6 +141,10 @@ class CompactMaxPoolFn(torch.autograd.Function):
         (offset,) = ctx.saved_tensors
         kernel, stride, padding, dilation, in_shape = ctx.geometry
         dim = len(kernel)
+        if ctx.tiled:
+            zeros = g.new_zeros(*g.shape, math.prod(kernel))
+            grad = zeros.scatter_(-1, offset.long().unsqueeze(-1), g.unsqueeze(-1))
+            return _unwindows(grad, kernel), None, None, None, None, None
         in_sizes, out_sizes = in_shape[-dim:], g.shape[-dim:]
         offset = offset.long()
         idx = torch.zeros_like(offset)
