@@ -20,7 +20,7 @@ install: .venv/.installed
 install-dev: .venv/.installed-dev
 
 demo: .venv/.installed
-	$(PY) -m backprobe compare --model mnist_cnn --data digits --estimators exact,probe:4,probe:16,probe:64 --batch-sizes 32,128 --epochs 10 --out results/demo
+	$(PY) -m backprobe compare --model mnist_cnn --data digits --estimators exact,probe:4,probe:16,probe:64 --batch-sizes 32,128 --epochs 10 --threads 1 --out results/demo
 
 test: .venv/.installed-dev
 	$(PY) -m pytest
