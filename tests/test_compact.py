@@ -55,7 +55,9 @@ def test_relu_exact_and_one_bit(module, inplace):
         (2, dict(kernel_size=(2, 3)), (2, 3, 8, 9)),
         (3, dict(kernel_size=2), (1, 2, 4, 6, 2)),
         (1, dict(kernel_size=3), (2, 12)),  # unbatched 1-D
-        (2, dict(kernel_size=2), (2, 3, 9, 8)),  # does not tile: the general path
+        (2, dict(kernel_size=2), (2, 3, 7, 8)),  # floor mode crops the last row
+        (3, dict(kernel_size=2), (1, 2, 5, 3, 4)),
+        (2, dict(kernel_size=2, ceil_mode=True), (2, 3, 7, 7)),  # partial windows: general path
         (2, dict(kernel_size=(3, 2), stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True), (2, 3, 9, 7)),
         (2, dict(kernel_size=3, stride=1), (3, 7, 6)),  # unbatched, overlapping windows
         (3, dict(kernel_size=2, padding=1), (1, 2, 5, 4, 3)),

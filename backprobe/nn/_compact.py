@@ -81,10 +81,14 @@ def _window_starts(out_sizes, stride, padding, device) -> list[Tensor]:
     return starts
 
 
-def _tiled(kernel, stride, padding, dilation, in_sizes) -> bool:
-    """Non-overlapping windows that tile the input exactly: pooling is a reshape + max."""
+def _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode) -> bool:
+    """Non-overlapping windows from the origin: pooling is a reshape + max.
+
+    In floor mode a remainder that no window reaches is cropped (its gradient is zero).
+    """
+    divisible = all(s % k == 0 for s, k in zip(in_sizes, kernel))
     return (tuple(kernel) == tuple(stride) and not any(padding) and set(dilation) == {1}
-            and all(s % k == 0 for s, k in zip(in_sizes, kernel)))
+            and (divisible or not ceil_mode))
 
 
 def _windows(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
@@ -116,10 +120,11 @@ class CompactMaxPoolFn(torch.autograd.Function):
         dim = len(kernel)
         in_sizes = x.shape[-dim:]
         ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
-        ctx.tiled = _tiled(kernel, stride, padding, dilation, in_sizes)
+        ctx.tiled = _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode)
         offset_dtype = _offset_dtype(math.prod(kernel))
         if ctx.tiled:  # argmax over each window is the offset itself (first max on ties)
-            out, off = _windows(x, kernel).max(-1)
+            crop = (..., *(slice(0, s - s % k) for s, k in zip(in_sizes, kernel)))
+            out, off = _windows(x[crop], kernel).max(-1)
             ctx.save_for_backward(off.to(offset_dtype))
             return out
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
@@ -143,8 +148,12 @@ class CompactMaxPoolFn(torch.autograd.Function):
         dim = len(kernel)
         if ctx.tiled:
             zeros = g.new_zeros(*g.shape, math.prod(kernel))
-            grad = zeros.scatter_(-1, offset.long().unsqueeze(-1), g.unsqueeze(-1))
-            return _unwindows(grad, kernel), None, None, None, None, None
+            grad = _unwindows(zeros.scatter_(-1, offset.long().unsqueeze(-1), g.unsqueeze(-1)),
+                              kernel)
+            if tuple(grad.shape) != in_shape:  # zero gradient for the cropped remainder
+                grad = F.pad(grad, [p for s, o in zip(reversed(in_shape), reversed(grad.shape))
+                                    for p in (0, s - o)][: 2 * dim])
+            return grad, None, None, None, None, None
         in_sizes, out_sizes = in_shape[-dim:], g.shape[-dim:]
         offset = offset.long()
         idx = torch.zeros_like(offset)
