@@ -98,3 +98,12 @@ def test_maxpool_ties_pick_the_first_maximum_like_torch():
         xx = x.clone().requires_grad_(True)
         pool(xx).backward(g)
         torch.testing.assert_close(xx.grad, ref["input"])
+
+
+def test_maxpool_nan_wins_like_torch():
+    x = torch.randn(1, 2, 4, 6)
+    x[0, 0, 1, 1] = float("nan")
+    for pool in (backprobe.nn.MaxPool2d(2), backprobe.nn.MaxPool2d(3, stride=1)):
+        out = pool(x.clone().requires_grad_(True))
+        ref = nn.MaxPool2d(pool.kernel_size, pool.stride)(x)
+        torch.testing.assert_close(out, ref, equal_nan=True)

@@ -82,34 +82,55 @@ def _window_starts(out_sizes, stride, padding, device) -> list[Tensor]:
 
 
 def _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode) -> bool:
-    """Non-overlapping windows from the origin: pooling is a reshape + max.
+    """Non-overlapping windows from the origin: pooling compares strided slices.
 
-    In floor mode a remainder that no window reaches is cropped (its gradient is zero).
+    In floor mode a remainder that no window reaches is left out (its gradient is zero).
     """
     divisible = all(s % k == 0 for s, k in zip(in_sizes, kernel))
     return (tuple(kernel) == tuple(stride) and not any(padding) and set(dilation) == {1}
             and (divisible or not ceil_mode))
 
 
-def _windows(x: Tensor, kernel: tuple[int, ...]) -> Tensor:
-    """``[*lead, *in]`` -> ``[*lead, *out, prod(kernel)]`` for tiling windows (row-major)."""
-    dim = len(kernel)
-    lead, sizes = x.shape[:-dim], x.shape[-dim:]
-    split = [v for s, k in zip(sizes, kernel) for v in (s // k, k)]
-    x = x.reshape(*lead, *split)
-    nl = len(lead)
-    order = [*range(nl), *(nl + 2 * d for d in range(dim)), *(nl + 2 * d + 1 for d in range(dim))]
-    return x.permute(order).reshape(*lead, *(s // k for s, k in zip(sizes, kernel)), -1)
+def _kernel_positions(kernel: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Window offsets in row-major order (the order torch scans a window in)."""
+    positions: list[tuple[int, ...]] = [()]
+    for k in kernel:
+        positions = [p + (a,) for p in positions for a in range(k)]
+    return positions
 
 
-def _unwindows(w: Tensor, kernel: tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`_windows`."""
+def _tiled_max(x: Tensor, kernel: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Max over tiling windows and the offset of the first maximum (NaN wins, as in torch)."""
     dim = len(kernel)
-    lead, out = w.shape[: -dim - 1], w.shape[-dim - 1:-1]
-    nl = len(lead)
-    w = w.reshape(*lead, *out, *kernel)
-    order = [*range(nl)] + [v for d in range(dim) for v in (nl + d, nl + dim + d)]
-    return w.permute(order).reshape(*lead, *(o * k for o, k in zip(out, kernel)))
+    out_sizes = [s // k for s, k in zip(x.shape[-dim:], kernel)]
+    slices = [
+        x[(..., *(slice(a, a + o * k, k) for a, o, k in zip(pos, out_sizes, kernel)))]
+        for pos in _kernel_positions(kernel)
+    ]
+    best = slices[0].clone()
+    offset = torch.zeros(best.shape, dtype=dtype, device=x.device)
+    for i, sl in enumerate(slices[1:], 1):
+        upd = (sl > best) | sl.isnan()
+        best = torch.where(upd, sl, best)
+        offset.masked_fill_(upd, i)
+    return best, offset
+
+
+def _flat_indices(offset: Tensor, kernel, stride, padding, dilation, in_sizes) -> Tensor:
+    """Flat input index of each window's chosen element: ``base[output] + delta[offset]``."""
+    dim = len(kernel)
+    strides_in = [math.prod(in_sizes[d + 1:]) for d in range(dim)]
+    out_sizes = offset.shape[-dim:]
+    base = sum(
+        start * st
+        for start, st in zip(_window_starts(out_sizes, stride, padding, offset.device), strides_in)
+    )
+    delta = torch.tensor(
+        [sum(a * dl * st for a, dl, st in zip(pos, dilation, strides_in))
+         for pos in _kernel_positions(kernel)],
+        device=offset.device,
+    )
+    return base + delta[offset.long()]
 
 
 class CompactMaxPoolFn(torch.autograd.Function):
@@ -122,17 +143,15 @@ class CompactMaxPoolFn(torch.autograd.Function):
         ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
         ctx.tiled = _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode)
         offset_dtype = _offset_dtype(math.prod(kernel))
-        if ctx.tiled:  # argmax over each window is the offset itself (first max on ties)
-            crop = (..., *(slice(0, s - s % k) for s, k in zip(in_sizes, kernel)))
-            out, off = _windows(x[crop], kernel).max(-1)
-            ctx.save_for_backward(off.to(offset_dtype))
+        if ctx.tiled:
+            out, off = _tiled_max(x, kernel, offset_dtype)
+            ctx.save_for_backward(off)
             return out
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
         out, idx = pool(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-        out_sizes = out.shape[-dim:]
         offset = torch.zeros_like(idx)
         rest = idx
-        for d, start in enumerate(_window_starts(out_sizes, stride, padding, x.device)):
+        for d, start in enumerate(_window_starts(out.shape[-dim:], stride, padding, x.device)):
             below = math.prod(in_sizes[d + 1:])
             coord = rest // below
             rest = rest - coord * below
@@ -146,25 +165,12 @@ class CompactMaxPoolFn(torch.autograd.Function):
         (offset,) = ctx.saved_tensors
         kernel, stride, padding, dilation, in_shape = ctx.geometry
         dim = len(kernel)
-        if ctx.tiled:
-            zeros = g.new_zeros(*g.shape, math.prod(kernel))
-            grad = _unwindows(zeros.scatter_(-1, offset.long().unsqueeze(-1), g.unsqueeze(-1)),
-                              kernel)
-            if tuple(grad.shape) != in_shape:  # zero gradient for the cropped remainder
-                grad = F.pad(grad, [p for s, o in zip(reversed(in_shape), reversed(grad.shape))
-                                    for p in (0, s - o)][: 2 * dim])
-            return grad, None, None, None, None, None
-        in_sizes, out_sizes = in_shape[-dim:], g.shape[-dim:]
-        offset = offset.long()
-        idx = torch.zeros_like(offset)
-        starts = _window_starts(out_sizes, stride, padding, g.device)
-        for d in range(dim):
-            k_below = math.prod(kernel[d + 1:])
-            off_d = (offset // k_below) % kernel[d]
-            idx = idx * in_sizes[d] + starts[d] + off_d * dilation[d]
+        idx = _flat_indices(offset, kernel, stride, padding, dilation, in_shape[-dim:])
         lead = g.shape[:-dim]
-        grad = g.new_zeros(*lead, math.prod(in_sizes))
-        grad.scatter_add_(-1, idx.reshape(*lead, -1), g.reshape(*lead, -1))
+        grad = g.new_zeros(*lead, math.prod(in_shape[-dim:]))
+        idx, g = idx.reshape(*lead, -1), g.reshape(*lead, -1)
+        # tiling windows never share an input element: a plain scatter suffices
+        grad = grad.scatter_(-1, idx, g) if ctx.tiled else grad.scatter_add_(-1, idx, g)
         return grad.reshape(in_shape), None, None, None, None, None
 
 
