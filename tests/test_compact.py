@@ -107,3 +107,9 @@ def test_maxpool_nan_wins_like_torch():
         out = pool(x.clone().requires_grad_(True))
         ref = nn.MaxPool2d(pool.kernel_size, pool.stride)(x)
         torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+def test_relu_backward_zeroes_inactive_units_even_for_inf_gradients():
+    x = torch.tensor([-1.0, 2.0], requires_grad=True)
+    backprobe.nn.ReLU()(x * 1.0).backward(torch.tensor([float("inf"), 1.0]))
+    assert x.grad.tolist() == [0.0, 1.0]
