@@ -6,16 +6,39 @@ Public API (see the README for examples):
 * :func:`convert`, :func:`revert`, :func:`report`, :func:`set_estimator`
 * drop-in modules: :mod:`backprobe.nn`
 * memory measurement: :func:`saved_activation_bytes`
+* per-example quantities, curvature: :func:`record` with :class:`BatchGrad`, ... (BackPACK's names)
+* optimizers: :mod:`backprobe.optim`
 """
 
-from backprobe import nn
+from backprobe import nn, optim, quantities
 from backprobe.convert import ConversionReport, convert, report, revert, set_estimator
 from backprobe.estimators import AOP, Estimator, Exact, Probe, reset_memory
 from backprobe.memory import saved_activation_bytes, saved_tensors
+from backprobe.quantities import (
+    KFAC,
+    KFLR,
+    BatchDiagGGNExact,
+    BatchDiagGGNMC,
+    BatchGrad,
+    BatchL2Grad,
+    DiagGGNExact,
+    DiagGGNMC,
+    DiagHessian,
+    HutchinsonDiagHessian,
+    SqrtGGNExact,
+    SqrtGGNMC,
+    SumGradSquared,
+    Variance,
+    record,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AOP", "ConversionReport", "Estimator", "Exact", "Probe", "convert", "nn", "report",
-    "reset_memory", "revert", "saved_activation_bytes", "saved_tensors", "set_estimator",
+    "KFAC", "KFLR", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchL2Grad",
+    "DiagGGNExact", "DiagGGNMC", "DiagHessian", "HutchinsonDiagHessian", "SqrtGGNExact",
+    "SqrtGGNMC", "SumGradSquared", "Variance",
+    "AOP", "ConversionReport", "Estimator", "Exact", "Probe", "convert", "nn", "optim",
+    "quantities", "record", "report", "reset_memory", "revert", "saved_activation_bytes",
+    "saved_tensors", "set_estimator",
 ]

@@ -49,3 +49,19 @@ def bind(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
 
 
 __all__ = ["REGISTRY", "AffineOp", "ConvOp", "LinearOp", "bind", "binder_for"]
+
+# Layers with parameters that are not in the canonical affine form ``W @ x + b`` but whose
+# per-example parameter gradients have a closed form (used by ``backprobe.quantities``).
+from backprobe.layers.embedding import EmbeddingOp, bind_embedding  # noqa: E402
+from backprobe.layers.norm import NORM_TYPES, NormOp, bind_norm  # noqa: E402
+
+#: Module type -> ``bind(module, x) -> (context, op)`` for non-affine parametrised layers.
+PerExampleBinder = Callable[[nn.Module, Tensor], tuple[Tensor, object]]
+PER_EXAMPLE_REGISTRY: dict[type[nn.Module], PerExampleBinder] = {
+    nn.Embedding: bind_embedding,
+    **{t: bind_norm for t in NORM_TYPES},
+}
+
+__all__ += [
+    "NORM_TYPES", "PER_EXAMPLE_REGISTRY", "EmbeddingOp", "NormOp", "bind_embedding", "bind_norm",
+]

@@ -110,10 +110,12 @@ def _tiled_max(x: Tensor, kernel: tuple[int, ...], dtype: torch.dtype) -> tuple[
     """Max over tiling windows and the offset of the first maximum (NaN wins, as in torch)."""
     dim = len(kernel)
     out_sizes = [s // k for s, k in zip(x.shape[-dim:], kernel)]
-    slices = [
-        x[(..., *(slice(a, a + o * k, k) for a, o, k in zip(pos, out_sizes, kernel)))]
-        for pos in _kernel_positions(kernel)
-    ]
+    slices = []
+    for pos in _kernel_positions(kernel):
+        index: tuple[Any, ...] = (Ellipsis,) + tuple(
+            slice(a, a + o * k, k) for a, o, k in zip(pos, out_sizes, kernel)
+        )
+        slices.append(x[index])
     best = slices[0].clone()
     offset = torch.zeros(best.shape, dtype=dtype, device=x.device)
     for i, sl in enumerate(slices[1:], 1):

@@ -1,0 +1,385 @@
+"""``record``: the context manager that computes quantities during backward.
+
+How it works, on any graph autograd handles (residual connections, a module used several
+times, functional ops, in-place activations):
+
+* a forward hook on every parametrised module keeps its input (in the form its layer op
+  needs) and registers a tensor hook on its output; that hook receives the output gradient
+  during ``loss.backward()`` and queues one callback that runs when backward finishes;
+* the callback groups the gradients by module (a module used twice contributes both calls,
+  summed per example) and computes every requested first-order quantity from one
+  per-example contraction per module;
+* with curvature quantities, a forward hook on ``loss_fn`` sees the model output and target,
+  builds the loss Hessian's square-root columns and backpropagates them in chunks (one
+  vmapped ``torch.autograd.grad(..., is_grads_batched=True, retain_graph=True)`` per chunk,
+  sized to bound memory) to the recorded layer outputs (their gradient edges, taken before
+  any in-place op), then contracts them per layer and sums (or stacks) over columns.
+  Curvature results are therefore stored when ``loss_fn`` is called, before
+  ``loss.backward()``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backprobe.layers import PER_EXAMPLE_REGISTRY, bind, binder_for
+from backprobe.quantities._base import CurvatureQuantity, FirstOrderQuantity, Quantity
+from backprobe.quantities._sites import (
+    CHUNK_ELEMENTS,
+    AffineSite,
+    BoundSite,
+    EmbeddingSite,
+    FuncSite,
+    NormSite,
+)
+from backprobe.quantities.first_order import first_order
+from backprobe.quantities.hessian import DiagHessian, HutchinsonDiagHessian
+from backprobe.quantities.loss_hessian import check_loss, loss_hessian_sqrt
+
+
+def _registry_lookup(module: nn.Module) -> tuple[str, Callable[..., Any]] | None:
+    if binder_for(module) is not None:
+        return "affine", bind
+    for cls in type(module).__mro__:
+        if cls in PER_EXAMPLE_REGISTRY:
+            kind = "embedding" if issubclass(cls, nn.Embedding) else "norm"
+            return kind, PER_EXAMPLE_REGISTRY[cls]
+    return None
+
+
+_BOUND: dict[str, Callable[..., BoundSite]] = {
+    "affine": AffineSite, "norm": NormSite, "embedding": EmbeddingSite, "func": FuncSite,
+}
+
+
+def _bind_func(module: nn.Module, x: Tensor) -> tuple[Tensor, nn.Module]:
+    return x.detach(), module
+
+
+def supported_modules() -> list[str]:
+    """Names of the module types whose parameters the per-layer quantities support."""
+    from backprobe.layers import REGISTRY
+
+    return [t.__name__ for t in (*REGISTRY, *PER_EXAMPLE_REGISTRY)]
+
+
+def _check_estimator(name: str, module: nn.Module, quantities: Sequence[Quantity]) -> None:
+    from backprobe.estimators import Exact
+    from backprobe.nn import EstimatedLayer
+
+    if not isinstance(module, EstimatedLayer) or isinstance(module.estimator, Exact):
+        return
+    needy = [repr(q) for q in quantities if q.needs_input]
+    if needy:
+        raise ValueError(
+            f"module '{name}' ({type(module).__name__}) uses estimator {module.estimator!r}, "
+            f"which keeps only a sketch of the layer input; {', '.join(needy)} need the full "
+            "input of every example. Use backprobe.set_estimator(model, backprobe.Exact()) "
+            "while recording, or backprobe.revert(model)."
+        )
+
+
+@dataclass
+class _Site:
+    name: str
+    module: nn.Module
+    kind: str
+    binder: Callable[..., Any]
+    params: dict[str, nn.Parameter]
+
+
+@dataclass
+class _Call:
+    site: _Site
+    ctx: tuple[Tensor, Any]
+    version: int
+    out_numel: int = 0
+
+
+@dataclass
+class _State:
+    pending: list[tuple[_Call, Tensor]] = field(default_factory=list)
+    queued: bool = False
+    calls: list[tuple[_Call, Any]] = field(default_factory=list)
+    busy: bool = False
+
+
+class record:  # noqa: N801 - a context manager used like a function, as torch.no_grad
+    """Compute quantities during ``loss.backward()`` on a plain torch model.
+
+    Results are stored on the parameters under BackPACK's attribute names (``p.grad_batch``,
+    ``p.diag_ggn_exact``, ...; see each quantity's docstring for its shape and scaling). They
+    are overwritten, not accumulated, by the next backward; ``.grad`` is produced as usual.
+
+    Args:
+        model: any ``nn.Module``; every submodule with trainable parameters must be a
+            supported layer (Linear, Conv1d/2d/3d, BatchNorm in eval mode, LayerNorm,
+            GroupNorm, Embedding) unless only ``HutchinsonDiagHessian`` is requested.
+        *quantities: instances of quantity classes, e.g. ``BatchGrad()``, ``DiagGGNMC()``.
+        loss_fn: the loss module the model output is fed to (``CrossEntropyLoss``,
+            ``MSELoss``, ``BCEWithLogitsLoss``); required by curvature quantities. The model
+            must be called once per ``loss_fn`` call, inside the context.
+        fallback: ``"torch.func"`` to handle modules no layer describes (with a single
+            tensor input and examples treated independently) by ``vmap`` of ``vjp``;
+            ``None`` (default) raises for them instead.
+        reuse_buffers: write ``p.grad_batch`` into the previous backward's tensor where
+            shapes match instead of allocating (on CPU, first-touch page faults of a fresh
+            ``[N, *p.shape]`` tensor can cost more than computing it). Off by default:
+            references kept to an earlier ``grad_batch`` would then change.
+
+    Raises:
+        ValueError: unsupported module (named), a non-exact estimator on a converted layer,
+            BatchNorm in train mode (at forward), a missing or unsupported ``loss_fn``.
+        TypeError: something that is not a quantity.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backprobe.quantities import record, BatchGrad, Variance, DiagGGNMC
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> loss_fn = nn.CrossEntropyLoss()
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> with record(model, BatchGrad(), Variance(), DiagGGNMC(), loss_fn=loss_fn):
+        ...     loss = loss_fn(model(x), y)
+        ...     loss.backward()
+        >>> model[0].weight.grad_batch.shape
+        torch.Size([16, 8, 4])
+    """
+
+    def __init__(
+        self, model: nn.Module, *quantities: Quantity, loss_fn: nn.Module | None = None,
+        fallback: str | None = None, reuse_buffers: bool = False,
+    ) -> None:
+        if fallback not in (None, "torch.func"):
+            raise ValueError(f"fallback must be None or 'torch.func', got {fallback!r}")
+        self.fallback = fallback
+        self.reuse_buffers = reuse_buffers
+        for q in quantities:
+            if not isinstance(q, Quantity):
+                raise TypeError(f"expected quantity instances (e.g. BatchGrad()), got {q!r}")
+        fields = [q.savefield for q in quantities]
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"each quantity may be requested once, got {list(quantities)}")
+        self.model = model
+        self.quantities = quantities
+        self.loss_fn = loss_fn
+        self.first = {type(q) for q in quantities if isinstance(q, FirstOrderQuantity)}
+        self.curvature = [q for q in quantities if isinstance(q, CurvatureQuantity)]
+        self.hutchinson = [q for q in quantities if isinstance(q, HutchinsonDiagHessian)]
+        if (self.curvature or self.hutchinson) and loss_fn is None:
+            raise ValueError(
+                f"{[*self.curvature, *self.hutchinson]} need loss_fn= (the loss module the "
+                "model output is fed to)"
+            )
+        if self.curvature:
+            assert loss_fn is not None
+            check_loss(loss_fn)
+        if any(isinstance(q, DiagHessian) for q in quantities):
+            DiagHessian.check_model(model)
+        self._handles: list[Any] = []
+        self._state = _State()
+        self._sites: list[_Site] = []
+
+    # -- setup -------------------------------------------------------------------------
+    def _find_sites(self) -> list[_Site]:
+        needy = [q for q in self.quantities if q.needs_input]
+        sites = []
+        for name, module in self.model.named_modules():
+            params = {k: p for k, p in module.named_parameters(recurse=False) if p.requires_grad}
+            if not params:
+                continue
+            found = _registry_lookup(module)
+            if found is None and self.fallback == "torch.func":
+                found = ("func", _bind_func)
+            if found is None:
+                raise ValueError(
+                    f"module '{name}' ({type(module).__name__}) has trainable parameters "
+                    f"{sorted(params)} that no backprobe layer describes, so "
+                    f"{', '.join(map(repr, needy))} cannot be computed for it. Supported: "
+                    f"{', '.join(supported_modules())}. Freeze it "
+                    "(requires_grad_(False)), replace it with supported layers, or pass "
+                    "fallback='torch.func'."
+                )
+            extra = set(params) - {"weight", "bias"}
+            if extra and found[0] != "func":
+                raise ValueError(
+                    f"module '{name}' ({type(module).__name__}) has unexpected parameters "
+                    f"{sorted(extra)}"
+                )
+            _check_estimator(name, module, self.quantities)
+            sites.append(_Site(name, module, found[0], found[1], params))
+        return sites
+
+    def __enter__(self) -> record:
+        per_layer = bool(self.first or self.curvature)
+        self._sites = self._find_sites() if per_layer else []
+        for site in self._sites:
+            hook = functools.partial(self._on_forward, site)
+            self._handles.append(site.module.register_forward_hook(hook))
+        if self.curvature:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_call))
+        if self.curvature or self.hutchinson:
+            assert self.loss_fn is not None
+            self._handles.append(self.loss_fn.register_forward_hook(self._on_loss))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._state = _State()
+
+    # -- forward -----------------------------------------------------------------------
+    def _on_model_call(self, module: nn.Module, args: Any) -> None:
+        self._state.calls = []
+
+    def _on_forward(self, site: _Site, module: nn.Module, args: Any, output: Any) -> None:
+        st = self._state
+        if st.busy or not torch.is_grad_enabled() or not isinstance(output, Tensor):
+            return
+        if not output.requires_grad:
+            return
+        _check_estimator(site.name, module, self.quantities)
+        try:
+            ctx = site.binder(module, args[0])
+        except ValueError as e:
+            raise ValueError(f"module '{site.name}': {e}") from None
+        call = _Call(site, ctx, ctx[0]._version, output.numel())
+        if self.first:
+            output.register_hook(functools.partial(self._on_grad, call))
+        if self.curvature:
+            st.calls.append((call, torch.autograd.graph.get_gradient_edge(output)))
+
+    # -- first order: during backward --------------------------------------------------
+    def _on_grad(self, call: _Call, g: Tensor) -> None:
+        st = self._state
+        if st.busy:
+            return
+        st.pending.append((call, g))
+        if not st.queued:
+            st.queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._finalize)
+
+    def _finalize(self) -> None:
+        st = self._state
+        pending, st.pending, st.queued = st.pending, [], False
+        st.busy = True  # the torch.func fallback runs modules again: do not record that
+        try:
+            for site, calls, gs in _group(pending):
+                bound = self._bind(site, calls)
+                results = first_order(
+                    bound, [g.unsqueeze(0) for g in gs], self.first, self.reuse_buffers
+                )
+                _store(site, results)
+        finally:
+            st.busy = False
+
+    def _bind(self, site: _Site, calls: list[_Call]) -> BoundSite:
+        for c in calls:
+            if c.ctx[0]._version != c.version:
+                raise RuntimeError(
+                    f"module '{site.name}': its input was modified in place after the forward "
+                    "pass; per-example quantities need the input as the layer saw it"
+                )
+        ns = {c.ctx[0].shape[0] for c in calls}
+        if len(ns) > 1:
+            raise ValueError(f"module '{site.name}' was called with different batch sizes {ns}")
+        return _BOUND[site.kind](site.params, [c.ctx for c in calls])
+
+    # -- curvature: when the loss is computed ------------------------------------------
+    def _on_loss(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        st = self._state
+        if st.busy or not torch.is_grad_enabled() or not output.requires_grad:
+            return
+        st.busy = True
+        try:
+            if self.curvature:
+                self._curvature(module, args[0], args[1])
+            for q in self.hutchinson:
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                for p, v in zip(params, q.compute(output, params)):
+                    setattr(p, q.savefield, v)
+        finally:
+            st.busy = False
+
+    def _curvature(self, loss_fn: nn.Module, f: Tensor, target: Tensor) -> None:
+        calls = [(c, e) for c, e in self._state.calls]
+        if not calls or not f.requires_grad:
+            return
+        groups: dict[Any, list[CurvatureQuantity]] = {}
+        for q in self.curvature:
+            key = "exact" if q.mc_samples is None else id(q)
+            groups.setdefault(key, []).append(q)
+        if any(isinstance(q, DiagHessian) for q in self.curvature):
+            names = [c.site.name for c, _ in calls]
+            twice = {n for n in names if names.count(n) > 1}
+            if twice:
+                raise ValueError(
+                    f"DiagHessian: modules {sorted(twice)} are used more than once, so the "
+                    "network is not linear in their parameters; use HutchinsonDiagHessian"
+                )
+        for qs in groups.values():
+            q0 = qs[0]
+            s = loss_hessian_sqrt(loss_fn, f, target, q0.mc_samples, q0.generator)
+            bounds: dict[int, BoundSite] = {}
+            acc: dict[tuple[int, int], tuple[_Site, dict[str, Any]]] = {}
+            # Columns in chunks (vmapped backward within a chunk): every quantity is a sum
+            # or a stack over columns, so memory stays at about CHUNK_ELEMENTS numbers.
+            per_column = max(1, sum(c.out_numel for c, _ in calls))
+            step = max(1, min(s.shape[0], CHUNK_ELEMENTS // per_column))
+            for m in range(0, s.shape[0], step):
+                cols = _backprop_columns(f, [e for _, e in calls], s[m:m + step])
+                pending = [(c, g) for (c, _), g in zip(calls, cols) if g is not None]
+                for site, site_calls, gs in _group(pending):
+                    bound = bounds.get(id(site))
+                    if bound is None:
+                        bound = bounds[id(site)] = self._bind(site, site_calls)
+                    for i, q in enumerate(qs):
+                        r = q.compute(bound, gs)  # type: ignore[attr-defined]
+                        slot = (i, id(site))
+                        if slot in acc:
+                            r = q.combine(acc[slot][1], r)  # type: ignore[attr-defined]
+                        acc[slot] = (site, r)
+            for (i, _), (site, r) in acc.items():
+                _store(site, {qs[i].savefield: r})
+
+
+def _backprop_columns(f: Tensor, edges: list[Any], s: Tensor) -> Sequence[Tensor | None]:
+    """Gradients ``[M, *out]`` at each edge for every column ``s[m]`` fed in at ``f``."""
+    s = s.to(f.dtype)
+    if s.shape[0] > 1:
+        try:
+            return torch.autograd.grad(
+                f, edges, s, retain_graph=True, is_grads_batched=True, allow_unused=True
+            )
+        except RuntimeError:  # an op without a batching rule (e.g. a custom Function)
+            pass
+    per_col = [
+        torch.autograd.grad(f, edges, s[m], retain_graph=True, allow_unused=True)
+        for m in range(s.shape[0])
+    ]
+    return [None if cs[0] is None else torch.stack(cs) for cs in zip(*per_col)]  # type: ignore[misc]
+
+
+def _group(
+    pending: list[tuple[_Call, Tensor]],
+) -> list[tuple[_Site, list[_Call], list[Tensor]]]:
+    """Group (call, gradient) pairs by site, keeping the order sites were first seen."""
+    by_site: dict[int, tuple[_Site, list[_Call], list[Tensor]]] = {}
+    for call, g in pending:
+        entry = by_site.setdefault(id(call.site), (call.site, [], []))
+        entry[1].append(call)
+        entry[2].append(g)
+    return list(by_site.values())
+
+
+def _store(site: _Site, results: dict[str, Any]) -> None:
+    for savefield, per_param in results.items():
+        for k, v in per_param.items():
+            setattr(site.params[k], savefield, v)

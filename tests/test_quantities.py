@@ -1,0 +1,203 @@
+"""Quantities against torch.func references (float64), both loss reductions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backprobe.quantities import (
+    KFLR,
+    BatchDiagGGNExact,
+    BatchGrad,
+    BatchL2Grad,
+    DiagGGNExact,
+    DiagHessian,
+    SqrtGGNExact,
+    SumGradSquared,
+    Variance,
+    record,
+)
+from backprobe.quantities.reference import (
+    param_slices,
+    reference_batch_grad,
+    reference_ggn,
+    reference_hessian,
+    reference_per_example_ggn,
+)
+
+torch.set_default_dtype(torch.float64)
+
+FIRST = (BatchGrad, BatchL2Grad, SumGradSquared, Variance)
+
+
+def sequential() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, groups=2), nn.ReLU(inplace=True),
+        nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3),
+    ).double()
+
+
+class Residual(nn.Module):
+    """A residual net whose conv block and a Linear layer are each used twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(2, 3, 3, padding=1)
+        self.block = nn.Conv2d(3, 3, 3, padding=1)
+        self.hidden = nn.Linear(12, 12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.stem(x))
+        h = h + self.block(h)
+        h = F.relu(h, inplace=True)
+        h = h + self.block(h)
+        h = F.avg_pool2d(h, 3).flatten(1)
+        h = torch.tanh(self.hidden(h))
+        h = h + self.hidden(h)
+        return self.head(h)
+
+
+def data(n: int = 5, loss: str = "ce", seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 6, 6, generator=g)
+    if loss == "ce":
+        y = torch.randint(0, 3, (n,), generator=g)
+    elif loss == "mse":
+        y = torch.randn(n, 3, generator=g)
+    else:
+        y = torch.rand(n, 3, generator=g)
+    return x, y
+
+
+LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}
+MODELS = {"sequential": sequential, "residual": lambda: Residual().double()}
+
+
+def run(model, loss_fn, x, y, *quantities):
+    model.zero_grad()
+    with record(model, *quantities, loss_fn=loss_fn):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+    return dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_first_order_matches_torch_func(arch, reduction):
+    torch.manual_seed(1)
+    model = MODELS[arch]()
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    x, y = data()
+    ref = reference_batch_grad(model, loss_fn, x, y)
+    params = run(model, loss_fn, x, y, *(q() for q in FIRST))
+    n = x.shape[0]
+    for k, p in params.items():
+        b = ref[k]
+        torch.testing.assert_close(p.grad_batch, b)
+        torch.testing.assert_close(p.grad_batch.sum(0), p.grad)
+        torch.testing.assert_close(p.batch_l2, b.flatten(1).square().sum(1))
+        torch.testing.assert_close(p.sum_grad_squared, b.square().sum(0))
+        torch.testing.assert_close(p.variance, (b.square().sum(0) / n) - (b.sum(0) / n) ** 2)
+
+
+@pytest.mark.parametrize("combo", [(BatchL2Grad,), (SumGradSquared, Variance), (BatchL2Grad, Variance)])
+def test_first_order_subsets_without_batch_grad(combo):
+    model = MODELS["residual"]()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data()
+    ref = reference_batch_grad(model, loss_fn, x, y)
+    params = run(model, loss_fn, x, y, *(q() for q in combo))
+    for k, p in params.items():
+        b = ref[k]
+        assert not hasattr(p, "grad_batch") or BatchGrad in combo
+        if BatchL2Grad in combo:
+            torch.testing.assert_close(p.batch_l2, b.flatten(1).square().sum(1))
+        if Variance in combo:
+            torch.testing.assert_close(p.variance, b.var(0, unbiased=False))
+
+
+def test_results_do_not_accumulate():
+    model = sequential()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data()
+    run(model, loss_fn, x, y, BatchGrad())
+    first = model[0].weight.grad_batch.clone()
+    run(model, loss_fn, x, y, BatchGrad())
+    torch.testing.assert_close(model[0].weight.grad_batch, first)
+
+
+def test_reuse_buffers_writes_in_place():
+    model = sequential()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = data()
+    ref = reference_batch_grad(model, loss_fn, x, y)
+    run(model, loss_fn, x, y, BatchGrad())
+    before = {k: p.grad_batch for k, p in model.named_parameters()}
+    model.zero_grad()
+    with record(model, BatchGrad(), Variance(), reuse_buffers=True):
+        loss_fn(model(x), y).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad_batch, ref[k])
+        if k.endswith("weight") and k != "2.weight":  # grouped conv: no buffer path
+            assert p.grad_batch.data_ptr() == before[k].data_ptr()
+
+
+def _blocks(mat, model):
+    sl = param_slices(model)
+    return {k: mat[..., s, s] for k, s in sl.items()}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_exact_ggn_quantities(arch, loss, reduction):
+    torch.manual_seed(2)
+    model = MODELS[arch]()
+    loss_fn = LOSSES[loss](reduction=reduction)
+    x, y = data(4, loss)
+    ggn = reference_ggn(model, loss_fn, x, y)
+    per_ex = reference_per_example_ggn(model, loss_fn, x, y)
+    torch.testing.assert_close(per_ex.sum(0), ggn)
+    extra = (KFLR(),) if arch == "residual" else ()
+    params = run(model, loss_fn, x, y, DiagGGNExact(), BatchDiagGGNExact(), SqrtGGNExact(), *extra)
+    blocks, per_blocks = _blocks(ggn, model), _blocks(per_ex, model)
+    for k, p in params.items():
+        shape = p.shape
+        torch.testing.assert_close(p.diag_ggn_exact, blocks[k].diagonal().reshape(shape))
+        torch.testing.assert_close(
+            p.diag_ggn_exact_batch, per_blocks[k].diagonal(dim1=-2, dim2=-1).reshape(-1, *shape)
+        )
+        v = p.sqrt_ggn_exact.flatten(2)
+        assert p.sqrt_ggn_exact.shape[:2] == (3, x.shape[0])
+        torch.testing.assert_close(torch.einsum("cni,cnj->ij", v, v), blocks[k])
+        if extra and k.endswith("bias"):
+            torch.testing.assert_close(p.kflr[0], blocks[k].reshape(p.numel(), p.numel()))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_kflr_equals_ggn_block_at_batch_size_one(reduction):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    x, y = torch.randn(1, 4), torch.tensor([2])
+    blocks = _blocks(reference_ggn(model, loss_fn, x, y), model)
+    params = run(model, loss_fn, x, y, KFLR())
+    for k, p in params.items():
+        kron = p.kflr[0] if p.dim() == 1 else torch.kron(*p.kflr)
+        torch.testing.assert_close(kron, blocks[k])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_diag_hessian_exact_for_piecewise_linear(reduction):
+    torch.manual_seed(4)
+    model = sequential()
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    x, y = data(4)
+    h = reference_hessian(model, loss_fn, x, y)
+    params = run(model, loss_fn, x, y, DiagHessian())
+    for k, blk in _blocks(h, model).items():
+        torch.testing.assert_close(params[k].diag_h, blk.diagonal().reshape(params[k].shape))
