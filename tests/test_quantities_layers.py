@@ -26,7 +26,14 @@ from backprobe.quantities.reference import (
     reference_per_example_ggn,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """float64 for this module's tests only (restored after each test)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _run(model, loss_fn, x, y, *qs):
