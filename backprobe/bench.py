@@ -21,11 +21,13 @@ Conventions: ``speedup > 1`` means faster than exact; ``memory_reduction`` is
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -74,6 +76,34 @@ def machine_info() -> dict[str, Any]:
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def script_arguments(doc: str | None, *, networks: bool = False) -> argparse.Namespace:
+    """Parse the options both benchmark scripts share, set torch's threads, log the machine."""
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="grid", action="store_const", const="quick",
+                      default="quick")
+    size.add_argument("--full", dest="grid", action="store_const", const="full")
+    if networks:
+        p.add_argument("--networks", default=None,
+                       help="comma-separated substrings of network names")
+    p.add_argument("--r", default=None, help="comma-separated probe counts (default: per grid)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default: per grid)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds per timing, then stop early")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or process CPU time (steadier when shared; use --threads 1)")
+    p.add_argument("--suffix", default="", help="appended to the output file names")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine_info(), file=sys.stderr)
+    return args
 
 
 def time_interleaved(

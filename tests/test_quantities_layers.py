@@ -26,14 +26,7 @@ from backprobe.quantities.reference import (
     reference_per_example_ggn,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """float64 for this module's tests only (restored after each test)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _run(model, loss_fn, x, y, *qs):

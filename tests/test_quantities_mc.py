@@ -18,14 +18,7 @@ from backprobe.quantities import (
 )
 from backprobe.quantities.reference import param_slices, reference_hessian
 
-
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """float64 for this module's tests only (restored after each test)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}
 

@@ -69,6 +69,35 @@ class Estimator:
         """Restore what ``state_dict`` returned."""
 
 
+SEED_HIGH = 2**62
+
+
+class RandomEstimator(Estimator):
+    """An estimator owning a private ``torch.Generator``, its state in ``state_dict``.
+
+    Seeded once at construction from the global RNG (or ``seed``), so ``torch.manual_seed``
+    before building a model makes a run reproducible, and the global RNG is never used after.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        if seed is None:
+            seed = int(torch.randint(0, SEED_HIGH, ()).item())
+        self._generator = torch.Generator()
+        self._generator.manual_seed(seed)
+
+    def next_seed(self) -> int:
+        """An integer seed drawn from the private generator."""
+        return int(torch.randint(0, SEED_HIGH, (), generator=self._generator).item())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The private generator's state."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the private generator's state."""
+        self._generator.set_state(state["generator"])
+
+
 class EstimatedAffineFn(torch.autograd.Function):
     """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient."""
 

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backprobe.estimators._base import Estimator
+from backprobe.estimators._base import Estimator, RandomEstimator
 from backprobe.layers import AffineOp, ConvOp
 
 POLICIES = ("topk", "randk", "weightedk")
 MEMORIES = (False, True, "error_feedback")
-_SEED_HIGH = 2**62
 
 #: Names of the module buffers AOP registers (row memory and weight-shaped memory).
 BUFFER_X = "aop_memory_x"
@@ -100,7 +99,7 @@ def _load_hook(module, state_dict, prefix, local_metadata, strict, missing, unex
             module._buffers[name] = buf.new_zeros(incoming.shape)
 
 
-class AOP(Estimator):
+class AOP(RandomEstimator):
     r"""Weight gradient from ``K`` of the ``M`` row outer products, with optional memory.
 
     Shapes: for ``nn.Linear`` on input ``[N, *, D_in]`` the rows are all ``M = N * prod(*)``
@@ -248,10 +247,7 @@ class AOP(Estimator):
         self.unbiased = unbiased
         self.replacement = replacement
         self.lr = lr
-        if seed is None:
-            seed = int(torch.randint(0, _SEED_HIGH, ()).item())
-        self._generator = torch.Generator()
-        self._generator.manual_seed(seed)
+        super().__init__(seed)
 
     # -- binding to modules ----------------------------------------------------------------
     def for_module(self, module: nn.Module) -> Estimator:
@@ -327,7 +323,7 @@ class AOP(Estimator):
         if device.type == "cpu":
             return self._generator
         gen = torch.Generator(device=device)
-        gen.manual_seed(int(torch.randint(0, _SEED_HIGH, (), generator=self._generator).item()))
+        gen.manual_seed(self.next_seed())
         return gen
 
     def select(self, scores: Tensor, k: int) -> tuple[Tensor, Tensor | float | None]:
@@ -453,15 +449,6 @@ class AOP(Estimator):
         if isinstance(w, float):
             mat = mat.mul_(w)
         return op.weight_from_matrix(mat)
-
-    # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The private generator's state."""
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the private generator's state."""
-        self._generator.set_state(state["generator"])
 
     def __repr__(self) -> str:
         return (

@@ -20,12 +20,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backprobe.estimators._base import Estimator
+from backprobe.estimators._base import RandomEstimator
 from backprobe.layers import AffineOp, ConvOp
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")
 MODES = ("channel", "joint", "auto")
-_SEED_HIGH = 2**62
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,7 +76,7 @@ def orthonormalise(z: Tensor) -> Tensor:
     return torch.cat(blocks, dim=-2) * math.sqrt(q_dim)
 
 
-class Probe(Estimator):
+class Probe(RandomEstimator):
     """Unbiased low-memory weight gradient from ``num_probes`` random probes.
 
     Shapes (batch ``N``, input channels ``C``, input positions ``P``): ``mode="channel"``
@@ -150,15 +149,9 @@ class Probe(Estimator):
         self.mode = mode
         self.per_sample = bool(per_sample)
         self.orthogonal = bool(orthogonal)
-        if seed is None:
-            seed = int(torch.randint(0, _SEED_HIGH, ()).item())
-        self._generator = torch.Generator()
-        self._generator.manual_seed(seed)
+        super().__init__(seed)
 
     # -- randomness ----------------------------------------------------------------------
-    def _next_seed(self) -> int:
-        return int(torch.randint(0, _SEED_HIGH, (), generator=self._generator).item())
-
     def _draw(
         self, seed: int, rows: int, domain: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[Tensor, Tensor | None]:
@@ -195,7 +188,7 @@ class Probe(Estimator):
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         cdt = _compute_dtype(x.dtype)
         xv = self._view(op, x).to(cdt)
-        seed = self._next_seed()
+        seed = self.next_seed()
         z, flips = self._draw(seed, xv.shape[0], xv.shape[2], cdt, x.device)
         sketch = (xv if flips is None else xv * flips) @ z.mT
         # The seed travels as a (0-d int64) tensor beside the sketch: under activation
@@ -248,13 +241,6 @@ class Probe(Estimator):
         g_tilde = sketch[:, 0, :].mT @ g.reshape(rows, -1)
         gw = op.weight_grad(z.reshape(r, *row_shape[1:]), g_tilde.reshape(r, *g.shape[1:]))
         return gw.div_(r)
-
-    # -- state ---------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
 
     def __repr__(self) -> str:
         return (
