@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from backprobe._random import SEED_HIGH, private_generator
 from backprobe.layers import AffineOp
 
 
@@ -69,9 +70,6 @@ class Estimator:
         """Restore what ``state_dict`` returned."""
 
 
-SEED_HIGH = 2**62
-
-
 class RandomEstimator(Estimator):
     """An estimator owning a private ``torch.Generator``, its state in ``state_dict``.
 
@@ -80,10 +78,7 @@ class RandomEstimator(Estimator):
     """
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is None:
-            seed = int(torch.randint(0, SEED_HIGH, ()).item())
-        self._generator = torch.Generator()
-        self._generator.manual_seed(seed)
+        self._generator = private_generator(seed)
 
     def next_seed(self) -> int:
         """An integer seed drawn from the private generator."""

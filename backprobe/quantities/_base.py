@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-_SEED_HIGH = 2**62
+from backprobe._random import private_generator
 
 
 class Quantity:
@@ -27,21 +25,7 @@ class FirstOrderQuantity(Quantity):
     """Computed from the per-example terms of the gradient during ``loss.backward()``."""
 
 
-class _Seeded:
-    """A private ``torch.Generator`` seeded once from the global RNG (or ``seed``).
-
-    Drawing never advances or reseeds the global RNG; ``torch.manual_seed`` before
-    construction still makes a whole run reproducible.
-    """
-
-    def _init_generator(self, seed: int | None) -> None:
-        if seed is None:
-            seed = int(torch.randint(0, _SEED_HIGH, ()).item())
-        self.generator = torch.Generator()
-        self.generator.manual_seed(seed)
-
-
-class CurvatureQuantity(Quantity, _Seeded):
+class CurvatureQuantity(Quantity):
     """Computed from backpropagated columns of the loss Hessian's square root.
 
     Needs ``loss_fn``. ``mc_samples=None`` means the exact factor (one column per model
@@ -54,7 +38,7 @@ class CurvatureQuantity(Quantity, _Seeded):
         if mc_samples is not None and (not isinstance(mc_samples, int) or mc_samples < 1):
             raise ValueError(f"mc_samples must be a positive int, got {mc_samples!r}")
         self.mc_samples = mc_samples
-        self._init_generator(seed)
+        self.generator = private_generator(seed)
 
     def __repr__(self) -> str:
         arg = "" if self.mc_samples is None else f"mc_samples={self.mc_samples}"

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from backprobe.quantities._base import Quantity, _Seeded
+from backprobe._random import private_generator
+from backprobe.quantities._base import Quantity
 from backprobe.quantities.curvature import DiagGGNExact
 
 #: Parameter-free modules through which the network stays piecewise linear.
@@ -62,7 +63,7 @@ class DiagHessian(DiagGGNExact):
             )
 
 
-class HutchinsonDiagHessian(Quantity, _Seeded):
+class HutchinsonDiagHessian(Quantity):
     """Hutchinson estimate of the Hessian diagonal in ``p.diag_h_hutchinson``.
 
     Works for any twice-differentiable network (no per-layer code; needs ``loss_fn`` so the
@@ -80,7 +81,7 @@ class HutchinsonDiagHessian(Quantity, _Seeded):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         self.samples = samples
-        self._init_generator(seed)
+        self.generator = private_generator(seed)
 
     def compute(self, loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
         """The estimate for each of ``params`` (double backward through ``loss``'s graph)."""
