@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.estimators._base import Estimator
+from backprobe.layers import bind
 from backprobe.nn import AFFINE_SWAPS, COMPACT_SWAPS, EstimatedLayer
 
 _UNDO: dict[type[nn.Module], type[nn.Module]] = {
@@ -149,8 +150,6 @@ def _decide(model: nn.Module, x: Tensor, report: ConversionReport) -> None:
     finally:
         for h in handles:
             h.remove()
-    from backprobe.layers import bind
-
     modules = dict(model.named_modules())
     for e in report.entries:
         if e.name not in shapes:

@@ -37,6 +37,14 @@ class Estimator:
         """How many numbers ``pack`` keeps for input ``x`` (the memory cost, in elements)."""
         raise NotImplementedError
 
+    def worthwhile(self, op: AffineOp, x: Tensor) -> bool:
+        """Whether to use this estimator for input ``x`` rather than the exact path.
+
+        Default ``True``; memory estimators say ``False`` where they would keep at least as
+        many numbers as the input itself.
+        """
+        return True
+
     def backward(
         self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor, weight: Tensor,
         input_shape: tuple[int, ...], mask: tuple[bool, bool, bool],

@@ -53,8 +53,7 @@ class EstimatedLayer(nn.Module):
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return op.forward(x, weight, bias)
         est = self.estimator
-        worthwhile = getattr(est, "worthwhile", None)
-        if worthwhile is not None and not worthwhile(op, x):
+        if not est.worthwhile(op, x):
             est, self.last_path = _EXACT, "exact"
         else:
             self.last_path = "estimator"
