@@ -20,6 +20,7 @@ from backprobe.quantities import (
     BatchDiagGGNExact,
     BatchDiagGGNMC,
     BatchGrad,
+    BatchGradFactors,
     BatchL2Grad,
     DiagGGNExact,
     DiagGGNMC,
@@ -35,7 +36,7 @@ from backprobe.quantities import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "KFAC", "KFLR", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchL2Grad",
+    "KFAC", "KFLR", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchGradFactors", "BatchL2Grad",
     "DiagGGNExact", "DiagGGNMC", "DiagHessian", "HutchinsonDiagHessian", "SqrtGGNExact",
     "SqrtGGNMC", "SumGradSquared", "Variance",
     "AOP", "ConversionReport", "Estimator", "Exact", "Probe", "convert", "nn", "optim",

@@ -2,6 +2,10 @@
 
 * :mod:`backprobe.optim.preconditioned`: SGD preconditioned by the GGN diagonal (exact or
   Monte Carlo), by KFAC/KFLR Kronecker factors, or by the gradients' second moment.
+* :mod:`backprobe.optim.variance_reduced`: SAG, SAGA, SVRG (with Nesterov momentum) and the
+  variance-reduced Langevin samplers SAGA-LD, SVRG-LD.
+* :mod:`backprobe.optim.storage`: compact per-example gradient tables (``Dense``,
+  ``Factored``, ``LowRank``, ``Partition``).
 """
 
 from backprobe.optim.preconditioned import (
@@ -14,8 +18,20 @@ from backprobe.optim.preconditioned import (
     kfac_sgd,
     second_moment_sgd,
 )
+from backprobe.optim.storage import (
+    Dense,
+    Factored,
+    LowRank,
+    Partition,
+    Storage,
+    low_rank,
+    partition_batches,
+)
+from backprobe.optim.variance_reduced import SAG, SAGA, SAGALD, SVRG, SVRGLD, full_gradient
 
 __all__ = [
+    "SAG", "SAGA", "SAGALD", "SVRG", "SVRGLD", "Dense", "Factored", "LowRank", "Partition",
+    "Storage", "full_gradient", "low_rank", "partition_batches",
     "DiagonalPreconditioner", "DiagonalState", "KroneckerPreconditioner", "KroneckerState",
     "PreconditionedSGD", "diag_ggn_sgd", "kfac_sgd", "second_moment_sgd",
 ]

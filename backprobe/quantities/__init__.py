@@ -4,11 +4,11 @@
 parameters under BackPACK's attribute names. No model conversion is needed.
 
 * first order (:mod:`.first_order`): :class:`BatchGrad`, :class:`BatchL2Grad`,
-  :class:`SumGradSquared`, :class:`Variance`;
+  :class:`SumGradSquared`, :class:`Variance`, :class:`BatchGradFactors`;
 * GGN (:mod:`.curvature`): :class:`DiagGGNExact`, :class:`DiagGGNMC`,
   :class:`BatchDiagGGNExact`, :class:`BatchDiagGGNMC`, :class:`SqrtGGNExact`,
   :class:`SqrtGGNMC`;
-* Kronecker factors (:mod:`.kronecker`): :class:`KFAC`, :class:`KFLR`;
+* Kronecker factors (:mod:`.kronecker`): :class:`KFAC`, :class:`KFLR`, :class:`KFRA`;
 * Hessian diagonal (:mod:`.hessian`): :class:`DiagHessian`, :class:`HutchinsonDiagHessian`;
 * loss Hessian square roots (:mod:`.loss_hessian`) and ``torch.func`` references
   (:mod:`.reference`).
@@ -24,14 +24,20 @@ from backprobe.quantities.curvature import (
     SqrtGGNExact,
     SqrtGGNMC,
 )
-from backprobe.quantities.first_order import BatchGrad, BatchL2Grad, SumGradSquared, Variance
+from backprobe.quantities.first_order import (
+    BatchGrad,
+    BatchGradFactors,
+    BatchL2Grad,
+    SumGradSquared,
+    Variance,
+)
 from backprobe.quantities.hessian import DiagHessian, HutchinsonDiagHessian
-from backprobe.quantities.kronecker import KFAC, KFLR
+from backprobe.quantities.kronecker import KFAC, KFLR, KFRA
 from backprobe.quantities.loss_hessian import loss_hessian_sqrt
 
 __all__ = [
-    "KFAC", "KFLR", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchL2Grad",
-    "CurvatureQuantity", "DiagGGNExact", "DiagGGNMC", "DiagHessian", "FirstOrderQuantity",
-    "HutchinsonDiagHessian", "Quantity", "SqrtGGNExact", "SqrtGGNMC", "SumGradSquared",
-    "Variance", "loss_hessian_sqrt", "record", "supported_modules",
+    "KFAC", "KFLR", "KFRA", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchGradFactors",
+    "BatchL2Grad", "CurvatureQuantity", "DiagGGNExact", "DiagGGNMC", "DiagHessian",
+    "FirstOrderQuantity", "HutchinsonDiagHessian", "Quantity", "SqrtGGNExact", "SqrtGGNMC",
+    "SumGradSquared", "Variance", "loss_hessian_sqrt", "record", "supported_modules",
 ]

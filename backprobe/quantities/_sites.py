@@ -45,6 +45,10 @@ class BoundSite:
         """
         raise NotImplementedError
 
+    def factors(self, gs: Sequence[Tensor]) -> dict[str, tuple[Tensor, ...]] | None:
+        """Exact factors of the per-example terms (``BatchGradFactors``), or ``None``."""
+        return None
+
     def moments(self, gs: Sequence[Tensor]) -> dict[str, tuple[Tensor, Tensor, Tensor]] | None:
         """Sum, elementwise second moment and squared norms without per-example tensors.
 
@@ -169,6 +173,22 @@ class AffineSite(BoundSite):
                 out["weight"] = w.reshape(m, -1, *shape)
         if "bias" in self.params:
             out["bias"] = self._g(gs).sum(2).flatten(2)
+        return out
+
+    def factors(self, gs: Sequence[Tensor]) -> dict[str, tuple[Tensor, ...]] | None:
+        """``{"weight": (delta, a), "bias": (delta,)}`` for one position, one group, else ``None``.
+
+        ``delta``: ``[N, D_out]`` output-gradient rows, ``a``: ``[N, D_in]`` input rows.
+        """
+        g = self._g(gs)
+        if "weight" not in self.params or g.shape[0] != 1 or g.shape[2] != 1 or self.groups != 1:
+            return None
+        delta = g[0].flatten(1)
+        out: dict[str, tuple[Tensor, ...]] = {
+            "weight": (delta, self.a.flatten(1).to(delta.dtype))
+        }
+        if "bias" in self.params:
+            out["bias"] = (delta,)
         return out
 
     def moments(self, gs: Sequence[Tensor]) -> dict[str, tuple[Tensor, Tensor, Tensor]] | None:

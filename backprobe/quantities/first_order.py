@@ -19,6 +19,10 @@ quantity            attribute               value
                                             ``mean_n b_n**2 - (mean_n b_n)**2``
 ==================  ======================  ==============================================
 
+``BatchGradFactors`` stores ``p.grad_batch_factors = (delta [N, D_out], a [N, D_in])`` with
+``b_n = delta_n a_n^T`` on Linear weights (``(delta,)`` on their bias) and ``p.grad_batch``
+on every other parameter.
+
 ``Variance`` is the (biased, ``1/N``) elementwise variance of the ``b_n``: under
 ``reduction="mean"`` that is the variance of ``g_n / N``, i.e. ``1/N**2`` times the variance
 of the per-example gradients (BackPACK's ``Variance``, ``VarianceBaseModule._variance_from``).
@@ -32,6 +36,7 @@ accumulated over chunks of examples.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,10 +84,37 @@ class Variance(FirstOrderQuantity):
     savefield = "variance"
 
 
+class BatchGradFactors(FirstOrderQuantity):
+    """Per-example terms ``b_n`` as factors where that is exact, ``grad_batch`` elsewhere.
+
+    A Linear layer applied once to ``[N, D_in]`` inputs has rank-one per-example weight
+    gradients ``b_n = delta_n a_n^T`` (``delta_n``: the output gradient row, carrying the loss
+    reduction's scaling; ``a_n``: the input row) and bias terms ``delta_n``. For such a layer
+    the weight gets ``p.grad_batch_factors = (delta [N, D_out], a [N, D_in])`` and its bias
+    ``(delta,)``, the *same* ``delta`` tensor: ``D_in + D_out`` numbers per example instead of
+    ``D_out * (D_in + 1)``, and nothing is computed. Every other parameter (convolutions,
+    Linear layers on sequences or used twice, normalisation layers) gets ``p.grad_batch``
+    exactly as :class:`BatchGrad` gives it. The variance-reduced optimizers of
+    :mod:`backprobe.optim` store gradients in this form.
+
+    Example:
+        >>> import torch
+        >>> from backprobe.quantities import record, BatchGradFactors
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> with record(model, BatchGradFactors()):
+        ...     model(torch.randn(8, 4)).sum().backward()
+        >>> delta, a = model[0].weight.grad_batch_factors
+        >>> delta.shape, a.shape, model[0].bias.grad_batch_factors[0] is delta
+        (torch.Size([8, 3]), torch.Size([8, 4]), True)
+    """
+
+    savefield = "grad_batch_factors"
+
+
 def first_order(
     bound: BoundSite, gs: Sequence[Tensor], wanted: set[type[FirstOrderQuantity]],
     reuse: bool = False,
-) -> dict[str, dict[str, Tensor]]:
+) -> dict[str, dict[str, Any]]:
     """Compute the wanted first-order quantities of one site.
 
     Args:
@@ -97,7 +129,17 @@ def first_order(
         ``{savefield: {param_name: value}}``.
     """
     n = gs[0].shape[1]
-    out: dict[str, dict[str, Tensor]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    if BatchGradFactors in wanted:
+        wanted = wanted - {BatchGradFactors}
+        factors = bound.factors(gs)
+        if factors is None:
+            wanted = wanted | {BatchGrad}
+        else:
+            out["grad_batch_factors"] = factors
+            if wanted:
+                out.update(first_order(bound, gs, wanted, reuse))
+            return out
     bufs: dict[str, Tensor] = {}
     if reuse and BatchGrad in wanted:
         for k, p in bound.params.items():

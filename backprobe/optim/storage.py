@@ -1,0 +1,418 @@
+"""Compact tables of per-example gradients for SAG, SAGA and SAGA-LD (El Hanchi).
+
+Variance-reduced methods keep the last gradient ``T_i`` of every training example ``i``: a
+naive table holds ``N * d`` numbers. El Hanchi ("Time and Memory Efficient Variance Reduced
+Optimization and Sampling for Deep Learning") stores them compactly. A *storage* is a spec
+the optimizer turns into one table per parameter (or per Linear layer):
+
+==============================  ======================================================
+storage                         numbers held per example (``N`` slots)
+==============================  ======================================================
+``Dense()``                     ``numel`` of every parameter (the paper's "Naive")
+``Factored()`` (default)        Linear layers: ``D_in + D_out`` for weight *and* bias
+                                (``T_i = delta_i a_i^T``, bias ``delta_i``); every other
+                                parameter dense
+``LowRank(r)``                  as ``Factored``, and every other matrix parameter
+                                (``O x I``, conv weights as ``[C_out, C_in*k*k]``) as a
+                                rank-``r`` SVD sketch: ``r * (O + I)``; dense where that is
+                                not smaller; vectors dense
+``Partition(M, inner)``         ``ceil(N / M)`` slots, one per fixed group of ``M``
+                                consecutive indices, each as ``inner`` (``Dense`` or
+                                ``LowRank``) without Linear factors (a group's gradient is
+                                not rank one)
+==============================  ======================================================
+
+A Linear layer is factored when the recording gave its weight ``p.grad_batch_factors``
+(:class:`~backprobe.quantities.BatchGradFactors`: a Linear layer applied once to ``[N, D]``
+inputs); ``Factored()`` and ``LowRank`` keep other layers dense or low-rank, so the same
+spec works on any model ``record`` supports. ``Factored()`` stores exactly; ``LowRank`` is a
+lossy compression, computed batched by a randomized SVD (Halko, Martinsson & Tropp 2011,
+Alg. 4.4: ``oversample`` extra columns, ``power_iters`` subspace iterations). SAGA stays
+unbiased with any table content, since it corrects with the table's own exact average.
+
+With ``Partition``, slot ``k`` holds the mean of the newest gradients of the batch's members
+in group ``k = i // M``: *partition sampling* draws whole groups as batches
+(:func:`partition_batches`), and then the slot is the group's gradient, read from ``p.grad``
+when no per-example gradient was recorded (no per-example work at all).
+
+Memory is accounted exactly: :meth:`Table.nbytes` is the bytes of the tensors the table
+holds, and :func:`backprobe.optim.vr_memory.storage_bytes` predicts it from the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from backprobe._random import private_generator
+
+
+class Storage:
+    """Base class of the storage specs (what an optimizer keeps per example)."""
+
+
+@dataclass(frozen=True)
+class Dense(Storage):
+    """Every per-example gradient as it is: ``numel`` numbers per example and parameter."""
+
+
+@dataclass(frozen=True)
+class Factored(Storage):
+    """Linear layers as factor pairs ``(delta_i, a_i)`` (exact); everything else dense."""
+
+
+@dataclass(frozen=True)
+class LowRank(Storage):
+    """Matrix parameters as rank-``rank`` sketches, Linear layers as exact factors.
+
+    Args:
+        rank: kept singular triplets per example.
+        oversample: extra random columns of the randomized SVD.
+        power_iters: subspace (power) iterations of the randomized SVD.
+    """
+
+    rank: int
+    oversample: int = 8
+    power_iters: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "oversample", "power_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "rank" else 0):
+                raise ValueError(f"LowRank: {name} must be an int >= "
+                                 f"{1 if name == 'rank' else 0}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Partition(Storage):
+    """One slot per fixed group of ``size`` consecutive example indices, each as ``inner``.
+
+    Args:
+        size: examples per group (the last group may be smaller).
+        inner: ``Dense()`` (default) or ``LowRank(r)``.
+    """
+
+    size: int
+    inner: Storage = field(default_factory=Dense)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise ValueError(f"Partition: size must be a positive int, got {self.size!r}")
+        if not isinstance(self.inner, (Dense, LowRank)):
+            raise ValueError(
+                f"Partition: inner must be Dense() or LowRank(r), got {self.inner!r}; a group's "
+                "gradient is a sum of per-example ones, so Linear layers cannot stay factored"
+            )
+
+
+def partition_batches(
+    num_examples: int, size: int, generator: torch.Generator | None = None
+) -> Iterator[Tensor]:
+    """One epoch of partition sampling: the groups ``[k*size, (k+1)*size)`` in random order.
+
+    Example:
+        >>> [b.tolist() for b in partition_batches(5, 2, torch.Generator().manual_seed(0))]
+        [[4], [0, 1], [2, 3]]
+    """
+    groups = math.ceil(num_examples / size)
+    for k in torch.randperm(groups, generator=generator).tolist():
+        yield torch.arange(k * size, min((k + 1) * size, num_examples))
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+class Table:
+    """Stored gradients of one parameter (or a Linear layer's weight and bias).
+
+    Entries are table-specific tuples of tensors with a leading slot axis; the optimizer
+    only gets them (:meth:`get`), makes them from a batch (:meth:`make`), sums them with
+    weights into dense parameter-shaped tensors (:meth:`weighted_sum`) and sets them.
+    """
+
+    kind = ""
+
+    def __init__(self, params: list[int], tensors: dict[str, Tensor]) -> None:
+        self.params = params  # positions in the optimizer's flat parameter list
+        self.tensors = tensors
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors."""
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def get(self, slots: Tensor) -> tuple[Tensor, ...]:
+        """Entries of ``slots``."""
+        return tuple(t[slots] for t in self.tensors.values())
+
+    def set(self, slots: Tensor, entries: tuple[Tensor, ...]) -> None:
+        """Overwrite ``slots`` with ``entries``."""
+        for t, e in zip(self.tensors.values(), entries):
+            t[slots] = e
+
+    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+        """Entries of the batch's unique slots from the recorded per-example gradients."""
+        raise NotImplementedError
+
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+        """``sum_k w_k entry_k`` per parameter, dense (``[O, I]`` for a matrix sketch)."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, object]:
+        """What ``state_dict`` keeps."""
+        return {"kind": self.kind, "params": list(self.params),
+                "tensors": {k: v.clone() for k, v in self.tensors.items()}}
+
+
+class DenseTable(Table):
+    """``[S, *shape]`` per slot."""
+
+    kind = "dense"
+
+    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+        return (batch.group_mean(batch.dense(self.params[0])),)
+
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+        return [torch.tensordot(w.to(entries[0].dtype), entries[0], dims=1)]
+
+
+class FactoredTable(Table):
+    """A Linear layer: ``delta [S, O]`` and ``a [S, I]``; weight ``delta a^T``, bias ``delta``."""
+
+    kind = "factored"
+
+    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+        if batch.duplicates:
+            raise ValueError(
+                "Factored storage keeps one rank-one gradient per example: indices must be "
+                "distinct within a batch (use Dense() or Partition for repeated indices)"
+            )
+        delta, a = batch.factors(self.params[0])
+        return batch.group_mean(delta * batch.scale), batch.group_mean(a)
+
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+        delta, a = entries
+        wd = delta * w.to(delta.dtype)[:, None]
+        out = [wd.T @ a]
+        if len(self.params) == 2:
+            out.append(wd.sum(0))
+        return out
+
+
+class LowRankTable(Table):
+    """``u [S, O, r]`` (singular values folded in) and ``v [S, r, I]``: entry ``u @ v``."""
+
+    kind = "lowrank"
+
+    def __init__(self, params: list[int], tensors: dict[str, Tensor], spec: LowRank,
+                 generator: torch.Generator) -> None:
+        super().__init__(params, tensors)
+        self.spec = spec
+        self.generator = generator
+
+    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+        m = batch.group_mean(batch.dense(self.params[0])).flatten(2)
+        return low_rank(m, self.spec.rank, self.spec.oversample, self.spec.power_iters,
+                        self.generator)
+
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+        u, v = entries
+        n, o, r = u.shape
+        uw = (u * w.to(u.dtype)[:, None, None]).permute(1, 0, 2).reshape(o, n * r)
+        return [uw @ v.reshape(n * r, -1)]
+
+
+def low_rank(
+    m: Tensor, rank: int, oversample: int = 8, power_iters: int = 2,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Batched randomized SVD: ``m [B, O, I] ~ u @ v`` with ``u [B, O, rank]``, ``v [B, rank, I]``.
+
+    Halko, Martinsson & Tropp (2011), Algorithms 4.4 and 5.1: a Gaussian test matrix with
+    ``rank + oversample`` columns (shared by the batch), ``power_iters`` orthonormalised
+    subspace iterations, then an exact SVD of the small projected matrix. The singular values
+    are folded into ``u``. Exact when ``rank + oversample >= min(O, I)``.
+    """
+    b, o, i = m.shape
+    k = min(rank + oversample, o, i)
+    omega = torch.randn(i, k, generator=generator, dtype=m.dtype).to(m.device)
+    q = torch.linalg.qr(m @ omega).Q  # [B, O, k]
+    for _ in range(power_iters):
+        q = torch.linalg.qr(m.mT @ q).Q  # [B, I, k]
+        q = torch.linalg.qr(m @ q).Q
+    ub, s, vh = torch.linalg.svd(q.mT @ m, full_matrices=False)  # [B, k, k], [B, k], [B, k, I]
+    r = min(rank, k)
+    u = (q @ ub[..., :r]) * s[:, None, :r]
+    v = vh[:, :r]
+    if r < rank:  # fewer triplets exist than asked: pad with zeros so shapes stay fixed
+        u = torch.cat([u, u.new_zeros(b, o, rank - r)], dim=2)
+        v = torch.cat([v, v.new_zeros(b, rank - r, i)], dim=1)
+    return u, v
+
+
+# -- what one step recorded -----------------------------------------------------------------
+
+
+class BatchGradients:
+    """The recorded per-example gradients of one batch, in the units of ``grad f_i``.
+
+    Args:
+        params: the optimizer's flat parameter list.
+        slots: slot of each batch example (``[B]``).
+        scale: factor from the recorded terms to per-example gradients (``B`` under a
+            mean-reduced loss, ``1`` under a sum).
+    """
+
+    def __init__(
+        self, params: Sequence[Tensor], slots: Tensor, scale: float, whole_group: bool = False
+    ) -> None:
+        self.param_list = params
+        self.whole_group = whole_group
+        self.slots, self.inverse, self.counts = torch.unique(
+            slots, return_inverse=True, return_counts=True
+        )
+        self.b = int(slots.numel())
+        self.duplicates = int(self.slots.numel()) != self.b
+        self.scale = scale
+
+    def recorded(self, i: int) -> Tensor | tuple[Tensor, ...] | None:
+        """What ``record`` left on parameter ``i``: ``grad_batch_factors`` or ``grad_batch``."""
+        p = self.param_list[i]
+        for name in ("grad_batch_factors", "grad_batch"):
+            v = getattr(p, name, None)
+            if v is not None:
+                rows = v[0].shape[0] if isinstance(v, tuple) else v.shape[0]
+                if rows != self.b:
+                    raise ValueError(
+                        f"parameter {i} {tuple(p.shape)}: p.{name} has {rows} examples but "
+                        f"indices has {self.b}; record and step on the same batch"
+                    )
+                return v
+        return None
+
+    def factors(self, i: int) -> tuple[Tensor, Tensor]:
+        """``(delta [B, O], a [B, I])`` of a factored Linear weight."""
+        v = self.recorded(i)
+        if not isinstance(v, tuple) or len(v) != 2:
+            raise ValueError(f"parameter {i}: its Linear layer was not recorded in factored "
+                             "form this step (record with BatchGradFactors())")
+        return v[0], v[1]
+
+    def dense(self, i: int) -> Tensor:
+        """``[B, *shape]`` per-example gradients (built from factors where those were kept)."""
+        v = self.recorded(i)
+        p = self.param_list[i]
+        if v is None and self.whole_group and p.grad is not None:
+            # the batch is exactly one group: its mean gradient is p.grad itself
+            return (p.grad * (self.scale / self.b)).unsqueeze(0).expand(self.b, *p.shape)
+        if v is None:
+            raise ValueError(
+                f"parameter {i} of shape {tuple(p.shape)} has no p.grad_batch: run the "
+                "backward inside backprobe.record(model, BatchGrad()) (or the optimizer's "
+                "record(model)) before step(indices)"
+            )
+        if isinstance(v, tuple):
+            v = v[0] if len(v) == 1 else v[0][:, :, None] * v[1][:, None, :]
+        return v * self.scale
+
+    def group_mean(self, rows: Tensor) -> Tensor:
+        """``[U, ...]`` means of the rows of each unique slot (in the order of ``slots``)."""
+        u = int(self.slots.numel())
+        if u == 1 and rows.dim() > 0 and rows.stride(0) == 0:  # p.grad of a whole group
+            return rows[:1].clone()
+        if not self.duplicates:
+            return rows.new_empty(u, *rows.shape[1:]).index_copy_(0, self.inverse, rows)
+        total = rows.new_zeros(u, *rows.shape[1:]).index_add_(0, self.inverse, rows)
+        return total / self.counts.to(rows.dtype).view(-1, *[1] * (rows.dim() - 1))
+
+
+def make_tables(
+    spec: Storage, params: Sequence[Tensor], slots: int, recorded: BatchGradients | None,
+    generator: torch.Generator,
+) -> list[Table]:
+    """Tables for ``params`` under ``spec`` (Linear factors where ``recorded`` has them)."""
+    inner = spec.inner if isinstance(spec, Partition) else spec
+    factored: dict[int, int] = {}  # weight position -> bias position (or -1)
+    if recorded is not None and isinstance(spec, (Factored, LowRank)):
+        deltas = {}
+        for i in range(len(params)):
+            v = recorded.recorded(i)
+            if isinstance(v, tuple) and len(v) == 2:
+                factored[i] = -1
+                deltas[id(v[0])] = i
+        for i in range(len(params)):
+            v = recorded.recorded(i)
+            if isinstance(v, tuple) and len(v) == 1 and id(v[0]) in deltas:
+                factored[deltas[id(v[0])]] = i
+    biases = {b for b in factored.values() if b >= 0}
+    tables: list[Table] = []
+    for i, p in enumerate(params):
+        if i in biases or not p.requires_grad:
+            continue
+
+        def zeros(*shape: int, p: Tensor = p) -> Tensor:
+            return torch.zeros(shape, dtype=p.dtype, device=p.device)
+
+        if i in factored:
+            o, d_in = p.shape
+            pos = [i] if factored[i] < 0 else [i, factored[i]]
+            tables.append(FactoredTable(pos, {
+                "delta": zeros(slots, o), "a": zeros(slots, d_in)
+            }))
+        elif isinstance(inner, LowRank) and p.dim() >= 2 and _low_rank_pays(p.shape, inner.rank):
+            o, d_in = p.shape[0], p[0].numel()
+            tables.append(LowRankTable([i], {
+                "u": zeros(slots, o, inner.rank), "v": zeros(slots, inner.rank, d_in),
+            }, inner, generator))
+        else:
+            tables.append(DenseTable([i], {"value": zeros(slots, *p.shape)}))
+    return tables
+
+
+def _low_rank_pays(shape: torch.Size, rank: int) -> bool:
+    o, i = shape[0], math.prod(shape[1:])
+    return rank * (o + i) < o * i
+
+
+def table_from_state(
+    state: dict[str, object], spec: Storage, generator: torch.Generator
+) -> Table:
+    """Rebuild a table from :meth:`Table.state`."""
+    tensors = {k: v.clone() for k, v in state["tensors"].items()}  # type: ignore[attr-defined]
+    params = list(state["params"])  # type: ignore[call-overload]
+    kind = state["kind"]
+    if kind == "dense":
+        return DenseTable(params, tensors)
+    if kind == "factored":
+        return FactoredTable(params, tensors)
+    if kind == "lowrank":
+        inner = spec.inner if isinstance(spec, Partition) else spec
+        if not isinstance(inner, LowRank):
+            raise ValueError(f"state has low-rank tables but the storage is {spec!r}")
+        return LowRankTable(params, tensors, inner, generator)
+    raise ValueError(f"unknown table kind {kind!r} in state")
+
+
+def slot_count(spec: Storage, num_examples: int) -> int:
+    """Slots a table of ``spec`` has for ``num_examples`` examples."""
+    if isinstance(spec, Partition):
+        return math.ceil(num_examples / spec.size)
+    return num_examples
+
+
+def group_sizes(spec: Storage, num_examples: int, slots: Tensor) -> Tensor:
+    """Examples represented by each of ``slots`` (``1`` without partitions)."""
+    if not isinstance(spec, Partition):
+        return torch.ones(slots.shape, dtype=torch.float64)
+    start = slots * spec.size
+    end = torch.clamp(start + spec.size, max=num_examples)
+    return (end - start).to(torch.float64)
+
+
+def new_generator(seed: int | None) -> torch.Generator:
+    """The private generator of a table set (randomized SVD test matrices)."""
+    return private_generator(seed)

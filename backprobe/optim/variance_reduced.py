@@ -1,0 +1,528 @@
+"""Variance-reduced SGD (SAG, SAGA, SVRG) and Langevin samplers (SAGA-LD, SVRG-LD).
+
+The objective is the mean ``F(theta) = (1/N) sum_i f_i(theta) (+ R(theta))`` over a data set of
+``N`` examples; every direction ``d`` below estimates ``grad F``. With ``g = p.grad`` of the
+batch loss (in mean units, i.e. divided by ``B`` under ``reduction="sum"``) and a table ``T``
+of stored per-example gradients with exact average ``avg = (1/N) sum_i T_i``:
+
+* SAGA (Defazio, Bach & Lacoste-Julien 2014):
+  ``d = g - (1/B) sum_{i in batch} T_i + avg``, then ``T_i <- grad f_i`` for the batch.
+  Unbiased for any table content, since ``E_i[T_i] = avg`` under uniform sampling.
+* SAG (Schmidt, Le Roux & Bach 2017): the table is refreshed first and
+  ``d = g - (1/B) sum_{i in batch} T_i + avg`` with the *new* entries; biased, lower
+  variance. ``avg`` is over the examples seen so far during the first pass.
+* SVRG (Johnson & Zhang 2013): every ``snapshot_every`` steps, a snapshot ``theta~`` and the
+  full gradient ``mu = grad F(theta~)`` (computed by the user's callable in batches); then
+  ``d = grad f_B(theta) - grad f_B(theta~) + mu``, which costs a second closure call per step
+  and no table.
+
+``g`` contains whatever the loss adds beyond the per-example terms (a regulariser): the table
+only holds the data terms, so such terms pass through unchanged.
+
+All take ``momentum``/``nesterov``/``weight_decay`` with ``torch.optim.SGD``'s meaning, so
+"Nesterov SAGA" is ``SAGA(..., momentum=0.9, nesterov=True)``.
+
+SAG and SAGA read the per-example gradients ``record`` stored on the parameters
+(``p.grad_batch`` from ``BatchGrad``, or the Linear factors ``p.grad_batch_factors`` from
+``BatchGradFactors``) and *consume* them (the attributes are deleted, so a step that was not
+recorded raises instead of reusing stale values). Under a mean-reduced loss the recorded terms
+are ``grad f_i / B`` and are multiplied by ``B``; pass ``reduction="sum"`` for a summed loss.
+The table layout is chosen by ``storage`` (:mod:`backprobe.optim.storage`) at the first step,
+from what was recorded.
+
+Training loop::
+
+    opt = SAGA(model.parameters(), lr=0.05, num_examples=len(x_train))
+    for idx in batches:                        # dataset indices of each batch
+        opt.zero_grad()
+        with opt.record(model):                 # BatchGradFactors() under the hood
+            loss_fn(model(x_train[idx]), y_train[idx]).backward()
+        opt.step(idx)
+
+The Langevin versions (Dubey et al., "Variance Reduction in Stochastic Gradient Langevin
+Dynamics", NeurIPS 2016) sample ``pi(theta) ∝ exp(-U(theta) / T)`` with
+``U = N * F = sum_i f_i + N R``: ``theta <- theta - lr * N * d + sqrt(2 * lr * T) * xi``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from backprobe._random import private_generator
+from backprobe.optim.storage import (
+    BatchGradients,
+    Factored,
+    LowRank,
+    Partition,
+    Storage,
+    Table,
+    group_sizes,
+    make_tables,
+    slot_count,
+    table_from_state,
+)
+from backprobe.quantities import BatchGrad, BatchGradFactors, record
+
+_RECORDED = ("grad_batch", "grad_batch_factors")
+
+
+def _check_common(lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
+    if not (isinstance(lr, (int, float)) and lr >= 0):
+        raise ValueError(f"lr must be a non-negative number, got {lr!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov=True needs momentum > 0")
+
+
+class _Stepper(torch.optim.Optimizer):
+    """The shared update ``theta <- theta - lr * v`` with SGD's momentum and weight decay."""
+
+    langevin = False
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], seed: int | None):
+        super().__init__(params, defaults)
+        self.generator = private_generator(seed)
+
+    def _flat(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _update(self, directions: dict[int, Tensor]) -> None:
+        for group in self.param_groups:
+            lr, mom = group["lr"], group.get("momentum", 0.0)
+            for p in group["params"]:
+                d = directions.get(id(p))
+                if d is None:
+                    continue
+                if group.get("weight_decay", 0.0):
+                    d = d + group["weight_decay"] * p
+                if mom:
+                    st = self.state[p]
+                    buf = st.get("momentum_buffer")
+                    if buf is None:
+                        buf = st["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(mom).add_(d)
+                    d = d + mom * buf if group["nesterov"] else buf
+                if self.langevin:
+                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
+                    p.add_(d, alpha=-lr * group["num_examples"])
+                    p.add_(noise.to(p.device), alpha=math.sqrt(2 * lr * group["temperature"]))
+                else:
+                    p.add_(d, alpha=-lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim`` state plus the private generator (and tables, where kept)."""
+        sd = super().state_dict()
+        sd["backprobe"] = self._extra_state()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("backprobe", None)
+        if extra is None:
+            raise ValueError("state_dict has no 'backprobe' entry: not from this optimizer")
+        super().load_state_dict(state_dict)
+        self._load_extra_state(extra)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.generator.set_state(extra["generator"])
+
+
+class _TableMethod(_Stepper):
+    """SAG and SAGA: a table of per-example gradients, see the module docstring."""
+
+    refresh_first = False  # SAG: update the table before forming the direction
+
+    def __init__(
+        self, params: Iterable[Any], lr: float, num_examples: int, *,
+        storage: Storage | None = None, reduction: str = "mean", momentum: float = 0.0,
+        nesterov: bool = False, weight_decay: float = 0.0, seed: int | None = None,
+        extra_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        _check_common(lr, momentum, weight_decay, nesterov)
+        if not isinstance(num_examples, int) or isinstance(num_examples, bool) \
+                or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        storage = Factored() if storage is None else storage
+        if not isinstance(storage, Storage):
+            raise TypeError(f"storage must be a backprobe.optim storage spec, got {storage!r}")
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
+                    "weight_decay": weight_decay, **(extra_defaults or {})}
+        super().__init__(params, defaults, seed)
+        self.num_examples = num_examples
+        self.storage = storage
+        self.reduction = reduction
+        self.slots = slot_count(storage, num_examples)
+        self.tables: list[Table] | None = None
+        self.seen: Tensor | None = None  # SAG: slots written at least once
+        self._writes = 0
+
+    # -- user-facing helpers -------------------------------------------------------------
+    def quantity(self) -> BatchGrad | BatchGradFactors:
+        """What to record for this storage: ``BatchGradFactors()`` where Linear factors are kept."""
+        return BatchGradFactors() if isinstance(self.storage, (Factored, LowRank)) else BatchGrad()
+
+    def record(self, model: nn.Module, **kwargs: Any) -> record:
+        """``backprobe.record(model, self.quantity(), **kwargs)``: wrap the backward in it."""
+        return record(model, self.quantity(), **kwargs)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held: ``table`` (the stored gradients) and ``average`` (running sums)."""
+        table = sum(t.nbytes for t in self.tables or [])
+        average = sum(
+            st["total"].numel() * st["total"].element_size()
+            for st in self.state.values() if "total" in st
+        )
+        return {"table": table, "average": average}
+
+    # -- the step ---------------------------------------------------------------------------
+    def _indices(self, indices: Tensor | Sequence[int]) -> Tensor:
+        idx = torch.as_tensor(indices)
+        if idx.dim() != 1 or idx.numel() == 0 or idx.dtype.is_floating_point \
+                or idx.dtype == torch.bool:
+            raise ValueError(
+                f"indices must be a non-empty 1-D integer tensor of dataset indices, got "
+                f"shape {tuple(idx.shape)} dtype {idx.dtype}"
+            )
+        idx = idx.long().cpu()
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.num_examples:
+            raise ValueError(
+                f"indices must lie in [0, {self.num_examples}) (num_examples), got {lo}..{hi}"
+            )
+        return idx
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self, indices: Tensor | Sequence[int], closure: Callable[[], Any] | None = None
+    ) -> Any:
+        """One step on the batch with dataset indices ``indices``.
+
+        Args:
+            indices: ``[B]`` dataset indices of the batch whose gradients were recorded.
+            closure: optional; re-evaluates the loss (run inside ``record``) and returns it.
+
+        Returns:
+            The closure's loss, or ``None``.
+
+        Raises:
+            ValueError: indices out of range or of the wrong length, gradients not recorded.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        idx = self._indices(indices)
+        params = self._flat()
+        b = int(idx.numel())
+        slots = idx // self.storage.size if isinstance(self.storage, Partition) else idx
+        whole = False
+        if isinstance(self.storage, Partition):
+            k = int(slots[0])
+            size_k = min(self.num_examples, (k + 1) * self.storage.size) - k * self.storage.size
+            whole = bool((slots == k).all()) and b == size_k and \
+                bool((torch.sort(idx).values == torch.arange(k * self.storage.size,
+                                                            k * self.storage.size + b)).all())
+        batch = BatchGradients(params, slots, float(b) if self.reduction == "mean" else 1.0,
+                               whole)
+        if self.tables is None:
+            self.tables = make_tables(self.storage, params, self.slots, batch, self.generator)
+        if self.refresh_first and self.seen is None:
+            self.seen = torch.zeros(self.slots, dtype=torch.bool)
+        sizes = group_sizes(self.storage, self.num_examples, batch.slots)
+        counts = batch.counts.to(torch.float64) / b
+        directions: dict[int, Tensor] = {}
+        if self.seen is not None:
+            self.seen[batch.slots] = True
+            seen_weight = float(group_sizes(
+                self.storage, self.num_examples, self.seen.nonzero().flatten()).sum())
+        for table in self.tables:
+            ps = [params[i] for i in table.params]
+            if all(p.grad is None for p in ps):
+                continue
+            old = table.get(batch.slots)
+            new = table.make(batch, [p.shape for p in ps])
+            change = [x - y for x, y in zip(table.weighted_sum(new, sizes),
+                                            table.weighted_sum(old, sizes))]
+            used = table.weighted_sum(new if self.refresh_first else old, counts)
+            for p, dp, c in zip(ps, change, used):
+                dp, c = dp.view_as(p), c.view_as(p)
+                st = self.state[p]
+                if "total" not in st:
+                    st["total"] = torch.zeros_like(p)
+                total = st["total"]
+                if self.refresh_first:
+                    total.add_(dp)
+                    avg = total / seen_weight
+                else:
+                    avg = total / self.num_examples
+                g = p.grad if p.grad is not None else torch.zeros_like(p)
+                g = g * (batch.scale / b)
+                directions[id(p)] = g - c + avg
+                if not self.refresh_first:
+                    total.add_(dp)
+            table.set(batch.slots, new)
+        for p in params:
+            for name in _RECORDED:
+                if hasattr(p, name):
+                    delattr(p, name)
+        self._update(directions)
+        self._writes += int(batch.slots.numel())
+        if self._writes >= self.slots:  # once per pass: re-sum the table to stop drift
+            self.resync()
+        return loss
+
+    @torch.no_grad()
+    def resync(self) -> None:
+        """Recompute the running sums exactly from the table (done once per pass)."""
+        self._writes = 0
+        if not self.tables:
+            return
+        params = self._flat()
+        all_slots = torch.arange(self.slots)
+        weights = group_sizes(self.storage, self.num_examples, all_slots)
+        if self.seen is not None:
+            weights = weights * self.seen.to(weights.dtype)
+        for table in self.tables:
+            sums = table.weighted_sum(table.get(all_slots), weights)
+            for i, s in zip(table.params, sums):
+                if "total" in self.state[params[i]]:
+                    self.state[params[i]]["total"].copy_(s.view_as(params[i]))
+
+    # -- state ------------------------------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        extra = super()._extra_state()
+        extra["tables"] = None if self.tables is None else [t.state() for t in self.tables]
+        extra["seen"] = None if self.seen is None else self.seen.clone()
+        extra["writes"] = self._writes
+        return extra
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        tables = extra["tables"]
+        self.tables = None if tables is None else [
+            table_from_state(t, self.storage, self.generator) for t in tables
+        ]
+        self.seen = None if extra["seen"] is None else extra["seen"].clone()
+        self._writes = int(extra["writes"])
+
+
+class SAGA(_TableMethod):
+    """SAGA: ``d = g - mean_{i in B} T_i + avg``, then ``T_i <- grad f_i`` (unbiased).
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size.
+        num_examples: ``N``, the data set size (indices lie in ``[0, N)``).
+        storage: how the table is kept (default ``Factored()``; see
+            :mod:`backprobe.optim.storage`).
+        reduction: ``"mean"`` (default) or ``"sum"``: how the recorded loss reduced the batch.
+        momentum: SGD momentum on the direction; ``nesterov`` for Nesterov momentum.
+        nesterov: Nesterov momentum ("Nesterov SAGA").
+        weight_decay: L2 term added to the direction.
+        seed: seed of the private generator (randomized SVD of ``LowRank``).
+
+    Example:
+        >>> import torch
+        >>> from backprobe.optim import SAGA
+        >>> model = torch.nn.Linear(4, 3)
+        >>> x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+        >>> opt = SAGA(model.parameters(), lr=0.1, num_examples=10)
+        >>> idx = torch.tensor([0, 3, 5])
+        >>> with opt.record(model):
+        ...     torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        >>> opt.step(idx)
+        >>> opt.memory()["table"]  # 10 examples x (4 + 3) float32 numbers
+        280
+    """
+
+
+class SAG(_TableMethod):
+    """SAG: refresh ``T_i`` for the batch, then step along the table's average (biased).
+
+    Arguments as :class:`SAGA`. During the first pass the average is over the examples
+    seen so far (Schmidt et al.'s practice).
+    """
+
+    refresh_first = True
+
+
+class SAGALD(_TableMethod):
+    """SAGA-LD: Langevin dynamics with SAGA's gradient estimate (Dubey et al. 2016).
+
+    ``theta <- theta - lr * N * d + sqrt(2 * lr * temperature) * xi`` samples
+    ``exp(-U / temperature)`` with ``U = N * F`` (the batch loss records ``F``'s terms: the
+    mean negative log-likelihood of the batch plus ``1/N`` of the negative log prior).
+
+    Args:
+        params: parameters.
+        lr: step size (of ``U``'s gradient).
+        num_examples: ``N``.
+        storage: as :class:`SAGA`.
+        reduction: as :class:`SAGA`.
+        temperature: ``T`` (``1`` samples the posterior).
+        seed: seed of the private generator (noise and randomized SVD).
+    """
+
+    langevin = True
+
+    def __init__(
+        self, params: Iterable[Any], lr: float, num_examples: int, *,
+        storage: Storage | None = None, reduction: str = "mean", temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        super().__init__(params, lr, num_examples, storage=storage, reduction=reduction,
+                         seed=seed, extra_defaults={"temperature": temperature,
+                                                    "num_examples": num_examples})
+
+
+class SVRG(_Stepper):
+    """SVRG: ``d = grad f_B(theta) - grad f_B(theta~) + grad F(theta~)``, no table.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: step size.
+        full_gradient: called with gradients zeroed; must accumulate ``grad F`` (the mean
+            over the data set) into ``.grad``, in batches (see :func:`full_gradient`).
+        snapshot_every: steps between snapshots (e.g. the batches per epoch); the first step
+            takes one.
+        momentum: SGD momentum on the direction.
+        nesterov: Nesterov momentum.
+        weight_decay: L2 term added to the direction.
+        seed: seed of the private generator.
+
+    ``step(closure)``: ``closure`` zeroes the gradients, computes the batch loss (mean over
+    the batch), calls ``backward`` and returns the loss; it is evaluated at ``theta`` and at
+    the snapshot. Afterwards ``.grad`` holds the gradient at ``theta``.
+    """
+
+    def __init__(
+        self, params: Iterable[Any], lr: float, *, full_gradient: Callable[[], Any],
+        snapshot_every: int, momentum: float = 0.0, nesterov: bool = False,
+        weight_decay: float = 0.0, seed: int | None = None,
+        extra_defaults: dict[str, Any] | None = None,
+    ) -> None:
+        _check_common(lr, momentum, weight_decay, nesterov)
+        if not callable(full_gradient):
+            raise TypeError("full_gradient must be a callable that accumulates grad F in .grad")
+        if not isinstance(snapshot_every, int) or snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
+                    "weight_decay": weight_decay, **(extra_defaults or {})}
+        super().__init__(params, defaults, seed)
+        self.full_gradient = full_gradient
+        self.snapshot_every = snapshot_every
+        self.steps = 0
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Take ``theta~ = theta`` and ``mu = grad F(theta~)`` now."""
+        params = self._flat()
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            self.full_gradient()
+        for p in params:
+            st = self.state[p]
+            st["snapshot"] = p.detach().clone()
+            st["full_grad"] = torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+        """One SVRG step on the batch ``closure`` evaluates; returns its loss at ``theta``."""
+        if closure is None:
+            raise ValueError("SVRG.step needs a closure (it evaluates the batch twice)")
+        if self.steps % self.snapshot_every == 0:
+            self.snapshot()
+        self.steps += 1
+        params = self._flat()
+        with torch.enable_grad():
+            loss = closure()
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        current = [p.detach().clone() for p in params]
+        for p in params:
+            p.copy_(self.state[p]["snapshot"])
+        with torch.enable_grad():
+            closure()
+        directions = {}
+        for p, g, x in zip(params, grads, current):
+            p.copy_(x)
+            if g is None:
+                p.grad = None
+                continue
+            g_snap = torch.zeros_like(p) if p.grad is None else p.grad
+            directions[id(p)] = g - g_snap + self.state[p]["full_grad"]
+            p.grad = g
+        self._update(directions)
+        return loss
+
+    def _extra_state(self) -> dict[str, Any]:
+        extra = super()._extra_state()
+        extra["steps"] = self.steps
+        return extra
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self.steps = int(extra["steps"])
+
+
+class SVRGLD(SVRG):
+    """SVRG-LD: Langevin dynamics with SVRG's gradient estimate (Dubey et al. 2016).
+
+    ``theta <- theta - lr * N * d + sqrt(2 * lr * temperature) * xi``; arguments as
+    :class:`SVRG` plus ``num_examples`` (``N``) and ``temperature``. The closure's loss is
+    ``F``'s batch estimate (see :class:`SAGALD`).
+    """
+
+    langevin = True
+
+    def __init__(
+        self, params: Iterable[Any], lr: float, num_examples: int, *,
+        full_gradient: Callable[[], Any], snapshot_every: int, temperature: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+        if not isinstance(num_examples, int) or num_examples < 1:
+            raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+        super().__init__(params, lr, full_gradient=full_gradient, snapshot_every=snapshot_every,
+                         seed=seed, extra_defaults={"temperature": temperature,
+                                                    "num_examples": num_examples})
+
+
+def full_gradient(
+    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batches: Iterable[tuple[Tensor, Tensor]], num_examples: int,
+) -> Callable[[], None]:
+    """A ``full_gradient`` callable for :class:`SVRG`: ``grad F`` accumulated batch by batch.
+
+    Args:
+        model: the model.
+        loss_fn: mean-reduced loss ``loss_fn(output, target)``.
+        batches: re-iterable ``(x, y)`` batches covering the data set once (a list or a
+            ``DataLoader``).
+        num_examples: ``N``; each batch's mean loss is weighted by ``len(x) / N``.
+    """
+
+    def run() -> None:
+        for x, y in batches:
+            (loss_fn(model(x), y) * (len(x) / num_examples)).backward()
+
+    return run
