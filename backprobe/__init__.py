@@ -17,6 +17,7 @@ from backprobe.memory import saved_activation_bytes, saved_tensors
 from backprobe.quantities import (
     KFAC,
     KFLR,
+    KFRA,
     BatchDiagGGNExact,
     BatchDiagGGNMC,
     BatchGrad,
@@ -36,9 +37,9 @@ from backprobe.quantities import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "KFAC", "KFLR", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchGradFactors", "BatchL2Grad",
-    "DiagGGNExact", "DiagGGNMC", "DiagHessian", "HutchinsonDiagHessian", "SqrtGGNExact",
-    "SqrtGGNMC", "SumGradSquared", "Variance",
+    "KFAC", "KFLR", "KFRA", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchGradFactors",
+    "BatchL2Grad", "DiagGGNExact", "DiagGGNMC", "DiagHessian", "HutchinsonDiagHessian",
+    "SqrtGGNExact", "SqrtGGNMC", "SumGradSquared", "Variance",
     "AOP", "ConversionReport", "Estimator", "Exact", "Probe", "convert", "nn", "optim",
     "quantities", "record", "report", "reset_memory", "revert", "saved_activation_bytes",
     "saved_tensors", "set_estimator",

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--estimator", type=_spec, default="probe:16")
     p.add_argument("--json", default=None, help="also write the table as JSON")
+    p.add_argument("--vr", action="store_true",
+                   help="instead: SAGA per-example gradient-table memory, ours vs El Hanchi's "
+                   "table (--model lenet5|vgg16|resnet34|all, default all)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="training-set size for --vr (default: the paper's, 1000000)")
+    p.set_defaults(model=None)
 
     p = sub.add_parser("variance", help="XConv validation figures: estimate histograms, "
                        "gradient std across minibatches")
@@ -192,9 +198,16 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _memory(args: argparse.Namespace) -> int:
+    if args.vr:
+        from backprobe.optim.vr_memory import PAPER_TABLE, format_vr_table
+
+        all_ = args.model is None or args.model.lower() == "all"
+        print(format_vr_table(list(PAPER_TABLE) if all_ else [args.model], args.examples))
+        return 0
     from backprobe.train import memory_report, write_json
 
-    rep = memory_report(args.model, args.input_shape, args.num_classes, args.estimator)
+    rep = memory_report(args.model or "mnist_cnn", args.input_shape, args.num_classes,
+                        args.estimator)
     print(rep)
     if args.json:
         print(f"wrote {write_json(args.json, rep.to_json())}")

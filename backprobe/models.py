@@ -37,7 +37,9 @@ __all__ = [
     "mnist_cnn",
     "resnet18",
     "softmax_regression",
+    "resnet34",
     "vgg",
+    "vgg16",
 ]
 
 ImageSize = int | tuple[int, int]
@@ -425,6 +427,152 @@ def resnet18(
     for i, p in enumerate(planes):
         stride = 1 if i == 0 else 2
         layers.append(nn.Sequential(BasicBlock(c, p, stride), BasicBlock(p, p, 1)))
+        c = p
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
+    return nn.Sequential(*layers)
+
+
+VGG16: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
+)
+"""The VGG-16 ("D") feature layout: 13 conv 3x3 layers and five 2x2 max pools."""
+
+
+def vgg16(
+    in_channels: int,
+    num_classes: int,
+    image_size: ImageSize = 224,
+    *,
+    head: str = "imagenet",
+    dropout: bool = True,
+) -> nn.Module:
+    """VGG-16 (configuration D) without batch normalisation, as in torchvision's ``vgg16``.
+
+    Layout: :data:`VGG16` features (``Conv(3x3, pad 1)-ReLU`` per channel entry,
+    ``MaxPool(2)`` per ``"M"``), then one of two heads:
+
+    * ``head="imagenet"``: ``AdaptiveAvgPool2d(7)``, ``Flatten``,
+      ``Linear(512*7*7 = 25088 -> 4096)-ReLU-Dropout-Linear(4096 -> 4096)-ReLU-Dropout-
+      Linear(4096 -> classes)``. With 3 input channels and 1000 classes this has 138,357,544
+      parameters (torchvision's count).
+    * ``head="cifar"``: ``Flatten``, ``Linear(512 -> 512)-ReLU-Linear(512 -> 512)-ReLU-
+      Linear(512 -> classes)`` on the 1x1 feature map of a 32x32 input (for other sizes the
+      first linear layer takes ``512*h*w`` features).
+
+    The builder works on the meta device (``with torch.device("meta"): vgg16(3, 1000)``),
+    which builds the full-size network without allocating its parameters.
+
+    Reference: Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
+    Recognition", ICLR 2015 (configuration D).
+
+    Args:
+        in_channels: Input channels.
+        num_classes: Number of logits.
+        image_size: Input size (int or ``(H, W)``); at least 32x32.
+        head: ``"imagenet"`` or ``"cifar"``.
+        dropout: Include the two ``Dropout(0.5)`` layers of the imagenet head.
+
+    Returns:
+        ``nn.Sequential``: ``[B, C, H, W] -> [B, num_classes]``.
+
+    Raises:
+        ValueError: Unknown ``head`` or an input that is too small.
+    """
+    if head not in ("imagenet", "cifar"):
+        raise ValueError(f"vgg16: head must be 'imagenet' or 'cifar', got {head!r}")
+    layers: list[nn.Module] = []
+    c = in_channels
+    for item in VGG16:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            assert isinstance(item, int)
+            layers += [nn.Conv2d(c, item, 3, padding=1), nn.ReLU()]
+            c = item
+    if head == "imagenet":
+        layers += [nn.AdaptiveAvgPool2d(7), nn.Flatten()]
+        features = nn.Sequential(*layers)
+        n = _flat_features(features, in_channels, image_size, "vgg16")
+        drop: list[nn.Module] = [nn.Dropout(0.5)] if dropout else []
+        return nn.Sequential(
+            *features,
+            nn.Linear(n, 4096),
+            nn.ReLU(),
+            *drop,
+            nn.Linear(4096, 4096),
+            nn.ReLU(),
+            *[nn.Dropout(0.5) for _ in drop],
+            nn.Linear(4096, num_classes),
+        )
+    layers.append(nn.Flatten())
+    features = nn.Sequential(*layers)
+    n = _flat_features(features, in_channels, image_size, "vgg16")
+    return nn.Sequential(
+        *features,
+        nn.Linear(n, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, num_classes),
+    )
+
+
+def resnet34(
+    in_channels: int,
+    num_classes: int,
+    image_size: ImageSize = 224,
+    *,
+    variant: str = "imagenet",
+) -> nn.Module:
+    """ResNet-34: :class:`BasicBlock` stages of 3, 4, 6, 3 blocks.
+
+    Layout: a stem, four stages with 64, 128, 256, 512 channels (first block of stages 2-4 with
+    stride 2 and a ``Conv1x1-BN`` shortcut), ``AdaptiveAvgPool2d(1)``, ``Flatten``,
+    ``Linear(512 -> classes)``. Stems:
+
+    * ``variant="imagenet"``: ``Conv(in->64, 7x7, stride 2, pad 3, no bias)-BN-ReLU-
+      MaxPool(3, stride 2, pad 1)``, as torchvision's ``resnet34`` (21,797,672 parameters with
+      3 input channels and 1000 classes, 17,024 of them batch-norm affine parameters);
+    * ``variant="cifar"``: ``Conv(in->64, 3x3, stride 1, pad 1, no bias)-BN-ReLU``, no max
+      pool, as :func:`resnet18`.
+
+    Works on the meta device (nothing here runs a forward pass).
+
+    Reference: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016.
+
+    Args:
+        in_channels: Input channels.
+        num_classes: Number of logits.
+        image_size: Input size (only validated; the network is size-agnostic).
+        variant: ``"imagenet"`` or ``"cifar"``.
+
+    Returns:
+        ``nn.Sequential``: ``[B, C, H, W] -> [B, num_classes]``.
+
+    Raises:
+        ValueError: Unknown ``variant`` or a non-positive ``image_size``.
+    """
+    _hw(image_size)
+    if variant == "imagenet":
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        ]
+    elif variant == "cifar":
+        layers = [
+            nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+        ]
+    else:
+        raise ValueError(f"resnet34: variant must be 'imagenet' or 'cifar', got {variant!r}")
+    c = 64
+    for i, (p, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
+        stride = 1 if i == 0 else 2
+        stage = [BasicBlock(c, p, stride)] + [BasicBlock(p, p, 1) for _ in range(blocks - 1)]
+        layers.append(nn.Sequential(*stage))
         c = p
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes)]
     return nn.Sequential(*layers)

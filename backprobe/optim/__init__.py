@@ -4,10 +4,21 @@
   Monte Carlo), by KFAC/KFLR Kronecker factors, or by the gradients' second moment.
 * :mod:`backprobe.optim.variance_reduced`: SAG, SAGA, SVRG (with Nesterov momentum) and the
   variance-reduced Langevin samplers SAGA-LD, SVRG-LD.
+* :mod:`backprobe.optim.langevin`: Langevin samplers SGLD, MALA and underdamped Langevin
+  (BAOAB).
+* :mod:`backprobe.optim.vr_memory`: the memory calculator for the tables.
 * :mod:`backprobe.optim.storage`: compact per-example gradient tables (``Dense``,
   ``Factored``, ``LowRank``, ``Partition``).
 """
 
+from backprobe.optim.langevin import (
+    MALA,
+    SGLD,
+    ChainState,
+    MALAState,
+    UnderdampedLangevin,
+    minibatch_potential,
+)
 from backprobe.optim.preconditioned import (
     DiagonalPreconditioner,
     DiagonalState,
@@ -30,6 +41,7 @@ from backprobe.optim.storage import (
 from backprobe.optim.variance_reduced import SAG, SAGA, SAGALD, SVRG, SVRGLD, full_gradient
 
 __all__ = [
+    "MALA", "SGLD", "ChainState", "MALAState", "UnderdampedLangevin", "minibatch_potential",
     "SAG", "SAGA", "SAGALD", "SVRG", "SVRGLD", "Dense", "Factored", "LowRank", "Partition",
     "Storage", "full_gradient", "low_rank", "partition_batches",
     "DiagonalPreconditioner", "DiagonalState", "KroneckerPreconditioner", "KroneckerState",
