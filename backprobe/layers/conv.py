@@ -2,11 +2,13 @@
 
 Every path calls the aten convolution (and its backward), so stride, dilation, groups,
 padding and 1-D/2-D/3-D inputs are handled by torch itself, exactly. Nothing here unfolds
-the input except ``canonical_input``, which the per-example quantities need by definition.
+the input except ``canonical_input``; per-example weight gradients of stride-1 convolutions
+avoid even that (``per_example_weight_grad``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -88,6 +90,42 @@ class ConvOp:
             self.stride, self.padding, self.dilation, c,
         )
         return cols.flatten(2).transpose(1, 2)
+
+    def per_example_weight_grad(self, x: Tensor, g: Tensor) -> Tensor | None:
+        """``[N, C_out, C_in, *k]`` per-example weight gradients without unfolding, or ``None``.
+
+        For stride 1 and one group: flatten the zero-padded input ``x_p`` (sizes ``P``) and
+        pad the output gradient to the same row lengths (zeros beyond the output sizes). The
+        kernel offset ``i`` then reads the input window as one contiguous slice of
+        ``x_p.flatten()`` starting at ``sum_j i_j d_j prod_{l>j} P_l``, so its gradient is one
+        batched matrix product ``g_p [N, C_out, L] @ slice^T [N, L, C_in]`` over strided views:
+        ``prod(k)`` GEMMs that read ``g`` repeatedly instead of writing a ``prod(k) * C_in``
+        times larger unfolded input. The padded columns of ``g_p`` are zero, so the rows that a
+        slice wraps into contribute nothing. ``None`` where unfolding is the better plan (a
+        stride, groups, or few input channels against many output channels).
+        """
+        c_in, c_out = x.shape[1], g.shape[1]
+        if any(s != 1 for s in self.stride) or self.groups != 1 or c_out > 2 * c_in:
+            return None
+        x = x.to(g.dtype)
+        if any(self.padding):
+            x = F.pad(x, [p for p in reversed(self.padding) for _ in range(2)])
+        sizes = x.shape[2:]
+        row = [math.prod(sizes[j + 1:]) for j in range(self.dim)]  # flat stride per dim
+        pad_g = [v for j in reversed(range(1, self.dim)) for v in (0, sizes[j] - g.shape[2 + j])]
+        gp = (F.pad(g, pad_g) if pad_g else g).flatten(2)  # [N, C_out, L]
+        length = gp.shape[2]
+        offsets = [sum(i * d * r for i, d, r in zip(idx, self.dilation, row))
+                   for idx in itertools.product(*(range(k) for k in self.kernel_size))]
+        xf = x.flatten(2)
+        extra = offsets[-1] + length - xf.shape[2]
+        if extra > 0:
+            xf = F.pad(xf, (0, extra))
+        out = g.new_empty(len(offsets), g.shape[0], c_out, c_in)
+        for k, start in enumerate(offsets):
+            torch.bmm(gp, xf[:, :, start:start + length].transpose(1, 2), out=out[k])
+        out = out.permute(1, 2, 3, 0).contiguous()
+        return out.view(g.shape[0], c_out, c_in, *self.kernel_size)
 
     def canonical_output_grad(self, g: Tensor) -> Tensor:
         return g.flatten(2).transpose(1, 2)

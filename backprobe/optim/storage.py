@@ -158,8 +158,11 @@ class Table:
         """Entries of the batch's unique slots from the recorded per-example gradients."""
         raise NotImplementedError
 
-    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
-        """``sum_k w_k entry_k`` per parameter, dense (``[O, I]`` for a matrix sketch)."""
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
+        """``sum_k w_k entry_k`` per parameter (``w=None``: all ones), dense.
+
+        (``[O, I]`` for a matrix sketch: reshape to the parameter.)
+        """
         raise NotImplementedError
 
     def state(self) -> dict[str, object]:
@@ -169,15 +172,36 @@ class Table:
 
 
 class DenseTable(Table):
-    """``[S, *shape]`` per slot."""
+    """Every stored parameter flattened side by side: ``[S, sum of numels]``.
+
+    One gather, one scatter and one sum per step serve all of them.
+    """
 
     kind = "dense"
 
     def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
-        return (batch.group_mean(batch.dense(self.params[0])),)
+        rows = [batch.dense(i, scaled=False).flatten(1) for i in self.params]
+        whole = all(r.stride(0) == 0 for r in rows)  # one whole group read from p.grad
+        if whole:
+            rows = [r[:1] for r in rows]
+        flat = (torch.cat(rows, dim=1) if len(rows) > 1 else rows[0].clone()).mul_(batch.scale)
+        return (flat if whole else batch.group_mean(flat),)
 
-    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
-        return [torch.tensordot(w.to(entries[0].dtype), entries[0], dims=1)]
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
+        v = entries[0]
+        total = v.sum(0) if w is None else torch.tensordot(w.to(v.dtype), v, dims=1)
+        return list(total.split(self.numels()))
+
+    def numels(self) -> list[int]:
+        """Columns of each parameter."""
+        return self._numels
+
+    def __init__(self, params: list[int], tensors: dict[str, Tensor], numels: list[int]):
+        super().__init__(params, tensors)
+        self._numels = numels
+
+    def state(self) -> dict[str, object]:  # noqa: D102
+        return {**super().state(), "numels": list(self._numels)}
 
 
 class FactoredTable(Table):
@@ -194,9 +218,9 @@ class FactoredTable(Table):
         delta, a = batch.factors(self.params[0])
         return batch.group_mean(delta * batch.scale), batch.group_mean(a)
 
-    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
         delta, a = entries
-        wd = delta * w.to(delta.dtype)[:, None]
+        wd = delta if w is None else delta * w.to(delta.dtype)[:, None]
         out = [wd.T @ a]
         if len(self.params) == 2:
             out.append(wd.sum(0))
@@ -219,10 +243,11 @@ class LowRankTable(Table):
         return low_rank(m, self.spec.rank, self.spec.oversample, self.spec.power_iters,
                         self.generator)
 
-    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor) -> list[Tensor]:
+    def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
         u, v = entries
         n, o, r = u.shape
-        uw = (u * w.to(u.dtype)[:, None, None]).permute(1, 0, 2).reshape(o, n * r)
+        uw = (u if w is None else u * w.to(u.dtype)[:, None, None]).permute(1, 0, 2)
+        uw = uw.reshape(o, n * r)
         return [uw @ v.reshape(n * r, -1)]
 
 
@@ -277,6 +302,8 @@ class BatchGradients:
         )
         self.b = int(slots.numel())
         self.duplicates = int(self.slots.numel()) != self.b
+        if not self.duplicates:  # keep the batch order: entries are the rows themselves
+            self.slots, self.inverse = slots, torch.arange(self.b)
         self.scale = scale
 
     def recorded(self, i: int) -> Tensor | tuple[Tensor, ...] | None:
@@ -298,34 +325,45 @@ class BatchGradients:
         """``(delta [B, O], a [B, I])`` of a factored Linear weight."""
         v = self.recorded(i)
         if not isinstance(v, tuple) or len(v) != 2:
-            raise ValueError(f"parameter {i}: its Linear layer was not recorded in factored "
-                             "form this step (record with BatchGradFactors())")
+            raise ValueError(
+                f"parameter {i} of shape {tuple(self.param_list[i].shape)} has no "
+                "p.grad_batch_factors: its Linear layer was not recorded this step in factored "
+                "form; run the backward inside the optimizer's record(model) (or "
+                "backprobe.record(model, BatchGradFactors())) before step(indices)"
+            )
         return v[0], v[1]
 
-    def dense(self, i: int) -> Tensor:
-        """``[B, *shape]`` per-example gradients (built from factors where those were kept)."""
+    def dense(self, i: int, scaled: bool = True) -> Tensor:
+        """``[B, *shape]`` per-example gradients (built from factors where those were kept).
+
+        ``scaled=False``: the recorded terms as they are (the caller scales).
+        """
         v = self.recorded(i)
         p = self.param_list[i]
         if v is None and self.whole_group and p.grad is not None:
             # the batch is exactly one group: its mean gradient is p.grad itself
-            return (p.grad * (self.scale / self.b)).unsqueeze(0).expand(self.b, *p.shape)
+            mean = p.grad * ((self.scale if scaled else 1.0) / self.b)
+            return mean.unsqueeze(0).expand(self.b, *p.shape)
         if v is None:
             raise ValueError(
-                f"parameter {i} of shape {tuple(p.shape)} has no p.grad_batch: run the "
-                "backward inside backprobe.record(model, BatchGrad()) (or the optimizer's "
-                "record(model)) before step(indices)"
+                f"parameter {i} of shape {tuple(p.shape)} has no p.grad_batch: it was not "
+                "recorded this step; run the backward inside the optimizer's record(model) (or "
+                "backprobe.record(model, BatchGrad())) before step(indices)"
             )
         if isinstance(v, tuple):
             v = v[0] if len(v) == 1 else v[0][:, :, None] * v[1][:, None, :]
-        return v * self.scale
+        return v * self.scale if scaled else v
 
     def group_mean(self, rows: Tensor) -> Tensor:
-        """``[U, ...]`` means of the rows of each unique slot (in the order of ``slots``)."""
+        """``[U, ...]`` means of the rows of each slot of ``self.slots``.
+
+        The rows themselves when the slots are distinct.
+        """
         u = int(self.slots.numel())
         if u == 1 and rows.dim() > 0 and rows.stride(0) == 0:  # p.grad of a whole group
             return rows[:1].clone()
         if not self.duplicates:
-            return rows.new_empty(u, *rows.shape[1:]).index_copy_(0, self.inverse, rows)
+            return rows
         total = rows.new_zeros(u, *rows.shape[1:]).index_add_(0, self.inverse, rows)
         return total / self.counts.to(rows.dtype).view(-1, *[1] * (rows.dim() - 1))
 
@@ -350,6 +388,7 @@ def make_tables(
                 factored[deltas[id(v[0])]] = i
     biases = {b for b in factored.values() if b >= 0}
     tables: list[Table] = []
+    dense: dict[tuple[torch.dtype, torch.device], list[int]] = {}
     for i, p in enumerate(params):
         if i in biases or not p.requires_grad:
             continue
@@ -369,7 +408,11 @@ def make_tables(
                 "u": zeros(slots, o, inner.rank), "v": zeros(slots, inner.rank, d_in),
             }, inner, generator))
         else:
-            tables.append(DenseTable([i], {"value": zeros(slots, *p.shape)}))
+            dense.setdefault((p.dtype, p.device), []).append(i)
+    for (dtype, device), pos in dense.items():
+        numels = [params[i].numel() for i in pos]
+        value = torch.zeros(slots, sum(numels), dtype=dtype, device=device)
+        tables.append(DenseTable(pos, {"value": value}, numels))
     return tables
 
 
@@ -386,7 +429,7 @@ def table_from_state(
     params = list(state["params"])  # type: ignore[call-overload]
     kind = state["kind"]
     if kind == "dense":
-        return DenseTable(params, tensors)
+        return DenseTable(params, tensors, list(state["numels"]))  # type: ignore[call-overload]
     if kind == "factored":
         return FactoredTable(params, tensors)
     if kind == "lowrank":

@@ -243,8 +243,12 @@ class _TableMethod(_Stepper):
             self.tables = make_tables(self.storage, params, self.slots, batch, self.generator)
         if self.refresh_first and self.seen is None:
             self.seen = torch.zeros(self.slots, dtype=torch.bool)
-        sizes = group_sizes(self.storage, self.num_examples, batch.slots)
-        counts = batch.counts.to(torch.float64) / b
+        # one example per slot (no partition, distinct indices): plain sums replace weights
+        uniform = not isinstance(self.storage, Partition) and not batch.duplicates
+        sizes = counts = None
+        if not uniform:
+            sizes = group_sizes(self.storage, self.num_examples, batch.slots)
+            counts = batch.counts.to(torch.float64) / b
         directions: dict[int, Tensor] = {}
         if self.seen is not None:
             self.seen[batch.slots] = True
@@ -256,25 +260,25 @@ class _TableMethod(_Stepper):
                 continue
             old = table.get(batch.slots)
             new = table.make(batch, [p.shape for p in ps])
-            change = [x - y for x, y in zip(table.weighted_sum(new, sizes),
-                                            table.weighted_sum(old, sizes))]
-            used = table.weighted_sum(new if self.refresh_first else old, counts)
-            for p, dp, c in zip(ps, change, used):
-                dp, c = dp.view_as(p), c.view_as(p)
+            s_old, s_new = table.weighted_sum(old, sizes), table.weighted_sum(new, sizes)
+            if uniform:
+                used = [v / b for v in (s_new if self.refresh_first else s_old)]
+            else:
+                used = table.weighted_sum(new if self.refresh_first else old, counts)
+            for p, sn, so, c in zip(ps, s_new, s_old, used):
                 st = self.state[p]
                 if "total" not in st:
                     st["total"] = torch.zeros_like(p)
                 total = st["total"]
-                if self.refresh_first:
-                    total.add_(dp)
-                    avg = total / seen_weight
-                else:
-                    avg = total / self.num_examples
-                g = p.grad if p.grad is not None else torch.zeros_like(p)
-                g = g * (batch.scale / b)
-                directions[id(p)] = g - c + avg
-                if not self.refresh_first:
-                    total.add_(dp)
+                g = torch.zeros_like(p) if p.grad is None else p.grad * (batch.scale / b)
+                d = g.sub_(c.view_as(p))
+                if self.refresh_first:  # SAG: the average after the refresh
+                    total.add_(sn.view_as(p)).sub_(so.view_as(p))
+                    d.add_(total, alpha=1 / seen_weight)
+                else:  # SAGA: the average before it
+                    d.add_(total, alpha=1 / self.num_examples)
+                    total.add_(sn.view_as(p)).sub_(so.view_as(p))
+                directions[id(p)] = d
             table.set(batch.slots, new)
         for p in params:
             for name in _RECORDED:

@@ -152,6 +152,20 @@ class AffineSite(BoundSite):
             gm = g.flatten(3).permute(1, 0, 3, 2).reshape(n, m * o, s)
         return torch.bmm(gm, a).unflatten(1, (m, o))
 
+    def _direct(self, gs: Sequence[Tensor], sl: slice) -> Tensor | None:
+        """Per-example weight gradients from the layer op's own fast path, if all calls have one.
+
+        (Used only while the unfolded input ``a`` has not been formed anyway.)
+        """
+        total = None
+        for (x, op), g in zip(self.calls, gs):
+            fast = getattr(op, "per_example_weight_grad", None)
+            w = fast(x[sl], g[0]) if fast is not None else None
+            if w is None:
+                return None
+            total = w if total is None else total + w
+        return total
+
     def per_example(
         self, gs: Sequence[Tensor], sl: slice = ALL, out: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
@@ -160,7 +174,10 @@ class AffineSite(BoundSite):
         if "weight" in self.params:
             shape = self.params["weight"].shape
             buf = bufs.get("weight")
-            if self.groups == 1 and buf is not None and m == 1:
+            direct = self._direct(gs, sl) if m == 1 and self._a is None else None
+            if direct is not None:
+                out["weight"] = (direct if buf is None else buf.copy_(direct)).unsqueeze(0)
+            elif self.groups == 1 and buf is not None and m == 1:
                 w = self._weight_matrices(self._g(gs), sl, buf.view(buf.shape[0], shape[0], -1))
                 out["weight"] = buf.unsqueeze(0)
             elif self.groups == 1:
