@@ -1,5 +1,6 @@
 """Exact estimator == plain autograd over a hypothesis-drawn space of layer configurations."""
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -114,3 +115,23 @@ def test_input_and_bias_grad_without_the_input(cfg):
     assert gw is None
     torch.testing.assert_close(gi, ref[0])
     torch.testing.assert_close(gb, ref[1])
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (2, 0, 1), (3, 2, 2), (1, 0, 1)])
+def test_per_example_weight_grad_without_unfolding(dim, kernel, padding, dilation):
+    """The shifted-view GEMMs equal one weight gradient per example (stride 1, one group)."""
+    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    ks = kernel if dim == 1 else (kernel, max(1, kernel - 1), kernel)[:dim]
+    conv = conv_cls(4, 5, ks, padding=padding, dilation=dilation).double()
+    size = {1: (11,), 2: (9, 8), 3: (6, 7, 5)}[dim]
+    x = torch.randn(3, 4, *size, dtype=torch.float64)
+    xx, op = bind(conv, x)
+    g = torch.randn_like(op.forward(xx, conv.weight, None))
+    got = op.per_example_weight_grad(xx, g)
+    ref = torch.stack([op.weight_grad(xx[n:n + 1], g[n:n + 1]) for n in range(3)])
+    assert got is not None and got.is_contiguous()
+    torch.testing.assert_close(got, ref)
+    strided = conv_cls(4, 5, 3, stride=2).double()
+    xs, ops = bind(strided, x)
+    assert ops.per_example_weight_grad(xs, ops.forward(xs, strided.weight, None)) is None
