@@ -5,8 +5,9 @@ SGD, SAGA, Nesterov SGD and Nesterov SAGA from the same initialisation with the 
 size; train/test loss and accuracy per epoch. SAGA's table is factored (``D_in + D_out``
 numbers per example).
 
-``cnn``: a six-convolution ReLU network, warm-started with Adam, then SGD against SAGA
-with ``LowRank(1)`` storage for the convolutions (and exact factors for the classifier).
+``cnn``: a six-convolution ReLU network, warm-started with Adam, then SGD against SAGA with
+the convolutions' gradients stored dense (``Factored()``, the default) and as ``LowRank(1)``
+sketches (exact factors for the classifier in both).
 
     python examples/variance_reduction.py softmax            # docs/img/vr_softmax.png
     python examples/variance_reduction.py cnn                # docs/img/vr_cnn.png
@@ -163,7 +164,7 @@ def cnn(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
           f" test acc {evaluate(warm, split.x_test, split.y_test)[1]:.4f}")
     state = {k: v.clone() for k, v in warm.state_dict().items()}
     results = {}
-    for name, method, storage in (("SGD", "SGD", None),
+    for name, method, storage in (("SGD", "SGD", None), ("SAGA dense conv", "SAGA", None),
                                   (f"SAGA LowRank({args.rank})", "SAGA", LowRank(args.rank))):
         model = six_conv(split.in_channels, split.num_classes)
         model.load_state_dict(state)
