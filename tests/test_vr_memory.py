@@ -11,6 +11,7 @@ from torch import nn
 
 from backprobe import models
 from backprobe.cli import main
+from backprobe.optim import storage as storage_mod
 from backprobe.optim.vr_memory import (
     PAPER_TABLE,
     StorageSpec,
@@ -130,11 +131,9 @@ def test_spec_strings_round_trip():
         assert str(parse_storage(text)) == text
 
 
-def test_real_storage_specs_if_available():
-    try:
-        from backprobe.optim import storage
-    except Exception:  # written concurrently; the duck-typed stand-ins above cover the rules
-        pytest.skip("backprobe.optim.storage not importable")
+def test_real_storage_specs():
+    from backprobe.optim import storage
+
     assert parse_storage(storage.Dense()) == StorageSpec("dense")
     assert parse_storage(storage.LowRank(2)) == StorageSpec("lowrank", 2)
     assert parse_storage(storage.Partition(8, storage.LowRank(1))) == StorageSpec("lowrank", 1, 8)
@@ -247,3 +246,22 @@ def test_cli_bad_model_is_an_error(capsys):
         main(["memory", "--vr", "--model", "alexnet"])
     assert info.value.code == 2
     assert "unknown paper model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("storage", [
+    storage_mod.Dense(), storage_mod.Factored(), storage_mod.LowRank(1), storage_mod.LowRank(3),
+    storage_mod.Partition(5), storage_mod.Partition(4, storage_mod.LowRank(1)),
+], ids=repr)
+def test_saga_holds_exactly_the_calculated_bytes(storage):
+    """The bytes the optimizer's tables hold after a step equal the calculator's figure."""
+    from backprobe.optim import SAGA
+
+    torch.manual_seed(0)
+    model = models.lenet5(1, 10, 28)
+    n = 23
+    opt = SAGA(model.parameters(), lr=0.01, num_examples=n, storage=storage)
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    with opt.record(model):
+        nn.functional.cross_entropy(model(x), y).backward()
+    opt.step(torch.tensor([0, 3, 4, 9, 17, 22]))
+    assert opt.memory()["table"] == storage_bytes(model, n, storage)
