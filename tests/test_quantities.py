@@ -201,3 +201,21 @@ def test_diag_hessian_exact_for_piecewise_linear(reduction):
     params = run(model, loss_fn, x, y, DiagHessian())
     for k, blk in _blocks(h, model).items():
         torch.testing.assert_close(params[k].diag_h, blk.diagonal().reshape(params[k].shape))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_empty_batch(reduction):
+    """An empty batch gives [0, *shape] per-example results and zero curvature sums."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 4), nn.ReLU(),
+                          nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    x, y = torch.randn(0, 1, 4, 4), torch.randint(0, 2, (0,))
+    with record(model, BatchGrad(), BatchL2Grad(), SumGradSquared(), KFLR(), DiagGGNExact(),
+                loss_fn=loss_fn):
+        loss_fn(model(x), y).backward()
+    for p in model.parameters():
+        assert p.grad_batch.shape == (0, *p.shape)
+        assert p.batch_l2.shape == (0,)
+        assert torch.all(p.sum_grad_squared == 0)
+        assert torch.all(p.diag_ggn_exact == 0)
+    assert torch.all(model[2].weight.kflr[0] == 0)

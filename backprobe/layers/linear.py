@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -34,7 +35,9 @@ class LinearOp:
         return g.reshape(-1, g.shape[-1]).mT @ x.reshape(-1, x.shape[-1]).to(g.dtype)
 
     def canonical_input(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, 1, -1)
+        if x.dim() == 1:
+            return x.reshape(1, 1, -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])  # N may be 0
 
     def canonical_output_grad(self, g: Tensor) -> Tensor:
         return self.canonical_input(g)

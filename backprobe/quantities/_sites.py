@@ -65,7 +65,7 @@ class BoundSite:
         m, n = gs[0].shape[:2]
         numel = sum(p.numel() for p in self.params.values())
         step = max(1, CHUNK_ELEMENTS // max(1, m * numel))
-        return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+        return [slice(i, min(i + step, n)) for i in range(0, n, step)] or [slice(0, 0)]
 
     def diag(self, gs: Sequence[Tensor], batch: bool) -> dict[str, Tensor]:
         """``sum_m B[m, n]**2`` per example (``batch``) or also summed over examples."""
@@ -128,7 +128,8 @@ class AffineSite(BoundSite):
         parts = []
         for g, op in zip(gs, self.ops):
             m, n = g.shape[:2]
-            parts.append(op.canonical_output_grad(g.flatten(0, 1)).reshape(m, n, -1, g_out(op, g)))
+            c = op.canonical_output_grad(g.flatten(0, 1))  # [M*N, S, D_out]
+            parts.append(c.reshape(m, n, c.shape[1], g_out(op, g)))
         g = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return g.unflatten(-1, (self.groups, -1))
 
