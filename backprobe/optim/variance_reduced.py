@@ -87,7 +87,13 @@ class _Stepper(torch.optim.Optimizer):
 
     langevin = False
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], seed: int | None):
+    def __init__(
+        self, params: Iterable[Any], *, lr: float, momentum: float, nesterov: bool,
+        weight_decay: float, seed: int | None, extra_defaults: dict[str, Any] | None,
+    ) -> None:
+        _check_common(lr, momentum, weight_decay, nesterov)
+        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
+                    "weight_decay": weight_decay, **(extra_defaults or {})}
         super().__init__(params, defaults)
         self.generator = private_generator(seed)
 
@@ -151,7 +157,6 @@ class _TableMethod(_Stepper):
         nesterov: bool = False, weight_decay: float = 0.0, seed: int | None = None,
         extra_defaults: dict[str, Any] | None = None,
     ) -> None:
-        _check_common(lr, momentum, weight_decay, nesterov)
         if not isinstance(num_examples, int) or isinstance(num_examples, bool) \
                 or num_examples < 1:
             raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
@@ -160,9 +165,8 @@ class _TableMethod(_Stepper):
         storage = Factored() if storage is None else storage
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be a backprobe.optim storage spec, got {storage!r}")
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
-                    "weight_decay": weight_decay, **(extra_defaults or {})}
-        super().__init__(params, defaults, seed)
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay, seed=seed, extra_defaults=extra_defaults)
         self.num_examples = num_examples
         self.storage = storage
         self.reduction = reduction
@@ -422,14 +426,12 @@ class SVRG(_Stepper):
         weight_decay: float = 0.0, seed: int | None = None,
         extra_defaults: dict[str, Any] | None = None,
     ) -> None:
-        _check_common(lr, momentum, weight_decay, nesterov)
         if not callable(full_gradient):
             raise TypeError("full_gradient must be a callable that accumulates grad F in .grad")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
             raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
-                    "weight_decay": weight_decay, **(extra_defaults or {})}
-        super().__init__(params, defaults, seed)
+        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay, seed=seed, extra_defaults=extra_defaults)
         self.full_gradient = full_gradient
         self.snapshot_every = snapshot_every
         self.steps = 0
