@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from backprobe._random import private_generator
 
 
 class Storage:
@@ -154,7 +153,7 @@ class Table:
         for t, e in zip(self.tensors.values(), entries):
             t[slots] = e
 
-    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+    def make(self, batch: BatchGradients) -> tuple[Tensor, ...]:
         """Entries of the batch's unique slots from the recorded per-example gradients."""
         raise NotImplementedError
 
@@ -179,7 +178,7 @@ class DenseTable(Table):
 
     kind = "dense"
 
-    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+    def make(self, batch: BatchGradients) -> tuple[Tensor, ...]:
         rows = [batch.dense(i, scaled=False).flatten(1) for i in self.params]
         whole = all(r.stride(0) == 0 for r in rows)  # one whole group read from p.grad
         if whole:
@@ -209,7 +208,7 @@ class FactoredTable(Table):
 
     kind = "factored"
 
-    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+    def make(self, batch: BatchGradients) -> tuple[Tensor, ...]:
         if batch.duplicates:
             raise ValueError(
                 "Factored storage keeps one rank-one gradient per example: indices must be "
@@ -238,7 +237,7 @@ class LowRankTable(Table):
         self.spec = spec
         self.generator = generator
 
-    def make(self, batch: BatchGradients, param_shapes: list[torch.Size]) -> tuple[Tensor, ...]:
+    def make(self, batch: BatchGradients) -> tuple[Tensor, ...]:
         m = batch.group_mean(batch.dense(self.params[0])).flatten(2)
         return low_rank(m, self.spec.rank, self.spec.oversample, self.spec.power_iters,
                         self.generator)
@@ -454,8 +453,3 @@ def group_sizes(spec: Storage, num_examples: int, slots: Tensor) -> Tensor:
     start = slots * spec.size
     end = torch.clamp(start + spec.size, max=num_examples)
     return (end - start).to(torch.float64)
-
-
-def new_generator(seed: int | None) -> torch.Generator:
-    """The private generator of a table set (randomized SVD test matrices)."""
-    return private_generator(seed)

@@ -263,7 +263,7 @@ class _TableMethod(_Stepper):
             if all(p.grad is None for p in ps):
                 continue
             old = table.get(batch.slots)
-            new = table.make(batch, [p.shape for p in ps])
+            new = table.make(batch)
             s_old, s_new = table.weighted_sum(old, sizes), table.weighted_sum(new, sizes)
             if uniform:
                 used = [v / b for v in (s_new if self.refresh_first else s_old)]
