@@ -49,7 +49,6 @@ import torch
 from torch import Tensor
 
 
-
 class Storage:
     """Base class of the storage specs (what an optimizer keeps per example)."""
 
