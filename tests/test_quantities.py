@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backprobe.quantities import (
+    KFAC,
     KFLR,
     BatchDiagGGNExact,
     BatchGrad,
@@ -219,3 +220,23 @@ def test_empty_batch(reduction):
         assert torch.all(p.sum_grad_squared == 0)
         assert torch.all(p.diag_ggn_exact == 0)
     assert torch.all(model[2].weight.kflr[0] == 0)
+
+
+def test_results_hold_no_autograd_graph():
+    """Stored results are plain values: none requires grad or keeps a graph alive.
+
+    (Contractions with a layer input that requires grad used to record a graph, and a result
+    stored on a parameter kept it, with every intermediate, alive.)
+    """
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1),
+                          nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(4, 2, 6, 6), torch.randint(0, 3, (4,))
+    quantities = [BatchGrad(), Variance(), DiagGGNExact(), KFLR(), KFAC(), SqrtGGNExact()]
+    with record(model, *quantities, loss_fn=loss_fn):
+        loss_fn(model(x), y).backward()
+    for name, p in model.named_parameters():
+        for q in quantities:
+            value = getattr(p, q.savefield)
+            for t in value if isinstance(value, list) else [value]:
+                assert not t.requires_grad, (name, q)

@@ -258,6 +258,9 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
             ctx = site.binder(module, args[0])
         except ValueError as e:
             raise ValueError(f"module '{site.name}': {e}") from None
+        # values only: contractions with a tensor that requires grad would record a graph
+        # (and results stored on the parameters would keep it alive)
+        ctx = (ctx[0].detach(), *ctx[1:])
         call = _Call(site, ctx, ctx[0]._version, output.numel(), tuple(output.shape))
         if self.first:
             output.register_hook(functools.partial(self._on_grad, call))

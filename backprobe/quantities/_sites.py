@@ -167,6 +167,22 @@ class AffineSite(BoundSite):
             total = w if total is None else total + w
         return total
 
+    def _direct_diag(self, gs: Sequence[Tensor], batch: bool) -> Tensor | None:
+        """``sum_m`` of squared per-example weight gradients, by the unfold-free fast path.
+
+        One column at a time; ``None`` where the op has no fast path or ``a`` exists anyway.
+        """
+        if self._a is not None:
+            return None
+        acc = None
+        for mi in range(gs[0].shape[0]):
+            w = self._direct([g[mi:mi + 1] for g in gs], ALL)
+            if w is None:
+                return None
+            w = w.square_() if batch else w.square_().sum(0)
+            acc = w if acc is None else acc.add_(w)
+        return acc
+
     def per_example(
         self, gs: Sequence[Tensor], sl: slice = ALL, out: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
@@ -272,6 +288,10 @@ class AffineSite(BoundSite):
             return out
         if grp != 1:
             out["weight"] = super().diag(gs, batch)["weight"]
+            return out
+        direct = self._direct_diag(gs, batch)
+        if direct is not None:
+            out["weight"] = direct
             return out
         parts = []
         for sl in self.chunks(gs):
