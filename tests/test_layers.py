@@ -135,3 +135,18 @@ def test_per_example_weight_grad_without_unfolding(dim, kernel, padding, dilatio
     strided = conv_cls(4, 5, 3, stride=2).double()
     xs, ops = bind(strided, x)
     assert ops.per_example_weight_grad(xs, ops.forward(xs, strided.weight, None)) is None
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (2, 0, 1), (3, 2, 2)])
+def test_input_second_moment_without_unfolding(dim, kernel, padding, dilation):
+    """``sum a a^T`` from shifted slices equals the unfolded input's Gram matrix (KFAC's A)."""
+    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    conv = conv_cls(16, 3, kernel, padding=padding, dilation=dilation).double()
+    size = {1: (11,), 2: (9, 8), 3: (6, 7, 5)}[dim]
+    x = torch.randn(3, 16, *size, dtype=torch.float64)
+    xx, op = bind(conv, x)
+    out_sizes = tuple(op.forward(xx, conv.weight, None).shape[2:])
+    a = op.canonical_input(xx).flatten(0, 1)
+    torch.testing.assert_close(op.input_second_moment(xx, out_sizes), a.T @ a)
+    assert op.input_second_moment(xx[:, :8], out_sizes) is None  # few channels: unfold

@@ -127,6 +127,44 @@ class ConvOp:
         out = out.permute(1, 2, 3, 0).contiguous()
         return out.view(g.shape[0], c_out, c_in, *self.kernel_size)
 
+    def input_second_moment(self, x: Tensor, out_sizes: tuple[int, ...]) -> Tensor | None:
+        """``sum_{n,s} a[n,s] a[n,s]^T`` (``[D_in, D_in]``) without unfolding, or ``None``.
+
+        Stride 1, one group: lay the zero-padded input out as ``[C_in, N * prod(P)]`` (every
+        example's padded block in a row), so that kernel offset ``i`` reads all windows of
+        the batch as one contiguous slice ``X_i`` starting at its flat offset. Then the block
+        ``(i, j)`` of the second moment is one GEMM ``X_i (X_j * mask)^T`` with ``mask``
+        selecting the valid output positions; ``(j, i)`` is its transpose. ``out_sizes``:
+        the output's spatial sizes. ``None`` for strides, groups, or fewer than 16 input
+        channels (there the unfolded input is small and one GEMM on it is faster).
+        """
+        if any(s != 1 for s in self.stride) or self.groups != 1 or x.shape[1] < 16:
+            return None
+        if any(self.padding):
+            x = F.pad(x, [p for p in reversed(self.padding) for _ in range(2)])
+        n, c = x.shape[:2]
+        sizes = x.shape[2:]
+        row = [math.prod(sizes[j + 1:]) for j in range(self.dim)]
+        block = math.prod(sizes)
+        offsets = [sum(i * d * r for i, d, r in zip(idx, self.dilation, row))
+                   for idx in itertools.product(*(range(k) for k in self.kernel_size))]
+        xf = x.transpose(0, 1).reshape(c, n * block)
+        xf = F.pad(xf, (0, offsets[-1]))
+        valid = torch.zeros(sizes, dtype=x.dtype, device=x.device)
+        valid[tuple(slice(0, o) for o in out_sizes)] = 1
+        mask = valid.flatten().repeat(n)
+        length = n * block
+        k = len(offsets)
+        out = x.new_empty(k, k, c, c)
+        for j, sj in enumerate(offsets):
+            right = xf[:, sj:sj + length] * mask
+            for i in range(j + 1):
+                si = offsets[i]
+                torch.mm(xf[:, si:si + length], right.T, out=out[i, j])
+                if i != j:
+                    out[j, i] = out[i, j].T
+        return out.permute(2, 0, 3, 1).reshape(c * k, c * k)
+
     def canonical_output_grad(self, g: Tensor) -> Tensor:
         return g.flatten(2).transpose(1, 2)
 

@@ -167,6 +167,19 @@ class AffineSite(BoundSite):
             total = w if total is None else total + w
         return total
 
+    def _direct_moment(self, gs: Sequence[Tensor]) -> Tensor | None:
+        """``sum_{n,s} a a^T`` from the op's unfold-free path (all calls), or ``None``."""
+        if self._a is not None:
+            return None
+        total = None
+        for (x, op), g in zip(self.calls, gs):
+            fast = getattr(op, "input_second_moment", None)
+            m = fast(x.to(g.dtype), tuple(g.shape[3:])) if fast is not None else None
+            if m is None:
+                return None
+            total = m if total is None else total + m
+        return total
+
     def _direct_diag(self, gs: Sequence[Tensor], batch: bool) -> Tensor | None:
         """``sum_m`` of squared per-example weight gradients, by the unfold-free fast path.
 
@@ -311,8 +324,11 @@ class AffineSite(BoundSite):
         big_g = gbar.mT @ gbar
         out: dict[str, list[Tensor]] = {}
         if "weight" in self.params:
-            a = self.a.flatten(2).flatten(0, 1).to(g.dtype)  # [N*S, D_in]
-            out["weight"] = [big_g, (a.mT @ a) / self.n]
+            moment = self._direct_moment(gs)
+            if moment is None:
+                a = self.a.flatten(2).flatten(0, 1).to(g.dtype)  # [N*S, D_in]
+                moment = a.mT @ a
+            out["weight"] = [big_g, moment / self.n]
         if "bias" in self.params:
             out["bias"] = [big_g]
         return out
