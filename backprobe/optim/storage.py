@@ -187,7 +187,7 @@ class DenseTable(Table):
 
     def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
         v = entries[0]
-        total = v.sum(0) if w is None else torch.tensordot(w.to(v.dtype), v, dims=1)
+        total = v.sum(0) if w is None else torch.tensordot(w.to(v), v, dims=1)
         return list(total.split(self.numels()))
 
     def numels(self) -> list[int]:
@@ -218,7 +218,7 @@ class FactoredTable(Table):
 
     def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
         delta, a = entries
-        wd = delta if w is None else delta * w.to(delta.dtype)[:, None]
+        wd = delta if w is None else delta * w.to(delta)[:, None]
         out = [wd.T @ a]
         if len(self.params) == 2:
             out.append(wd.sum(0))
@@ -244,7 +244,7 @@ class LowRankTable(Table):
     def weighted_sum(self, entries: tuple[Tensor, ...], w: Tensor | None) -> list[Tensor]:
         u, v = entries
         n, o, r = u.shape
-        uw = (u if w is None else u * w.to(u.dtype)[:, None, None]).permute(1, 0, 2)
+        uw = (u if w is None else u * w.to(u)[:, None, None]).permute(1, 0, 2)
         uw = uw.reshape(o, n * r)
         return [uw @ v.reshape(n * r, -1)]
 
@@ -362,8 +362,9 @@ class BatchGradients:
             return rows[:1].clone()
         if not self.duplicates:
             return rows
-        total = rows.new_zeros(u, *rows.shape[1:]).index_add_(0, self.inverse, rows)
-        return total / self.counts.to(rows.dtype).view(-1, *[1] * (rows.dim() - 1))
+        inverse = self.inverse.to(rows.device)
+        total = rows.new_zeros(u, *rows.shape[1:]).index_add_(0, inverse, rows)
+        return total / self.counts.to(rows).view(-1, *[1] * (rows.dim() - 1))
 
 
 def make_tables(
