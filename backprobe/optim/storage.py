@@ -257,7 +257,9 @@ def low_rank(
 
     Halko, Martinsson & Tropp (2011), Algorithms 4.4 and 5.1: a Gaussian test matrix with
     ``rank + oversample`` columns (shared by the batch), ``power_iters`` orthonormalised
-    subspace iterations, then an exact SVD of the small projected matrix. The singular values
+    subspace iterations, then the top singular triplets of the small projected matrix
+    ``B = Q^T M`` from the eigenpairs of ``B B^T`` (directions with singular values below
+    ``1e-6 k`` times the largest are dropped). The singular values
     are folded into ``u``. Exact when ``rank + oversample >= min(O, I)``.
     """
     b, o, i = m.shape
@@ -267,10 +269,17 @@ def low_rank(
     for _ in range(power_iters):
         q = torch.linalg.qr(m.mT @ q).Q  # [B, I, k]
         q = torch.linalg.qr(m @ q).Q
-    ub, s, vh = torch.linalg.svd(q.mT @ m, full_matrices=False)  # [B, k, k], [B, k], [B, k, I]
+    small = q.mT @ m  # [B, k, I]
     r = min(rank, k)
-    u = (q @ ub[..., :r]) * s[:, None, :r]
-    v = vh[:, :r]
+    # top singular triplets of the small matrix from the eigenpairs of its k x k Gram matrix
+    # (a batched eigh of k x k matrices is far cheaper than a batched SVD of k x I ones)
+    evals, evecs = torch.linalg.eigh(small @ small.mT)  # ascending
+    top = evecs[..., -r:].flip(-1)  # [B, k, r]
+    sv = evals[:, -r:].flip(-1).clamp_min(0).sqrt()  # [B, r]
+    v = top.mT @ small  # [B, r, I] = diag(sv) @ vh
+    inv = torch.where(sv > sv[:, :1] * 1e-6 * k, 1 / sv, torch.zeros_like(sv))
+    v = v * inv[..., None]
+    u = (q @ top) * sv[:, None, :]
     if r < rank:  # fewer triplets exist than asked: pad with zeros so shapes stay fixed
         u = torch.cat([u, u.new_zeros(b, o, rank - r)], dim=2)
         v = torch.cat([v, v.new_zeros(b, rank - r, i)], dim=1)
