@@ -33,8 +33,11 @@ ALL = slice(None)
 class BoundSite:
     """The calls of one site, ready for contraction with output-gradient columns."""
 
-    def __init__(self, params: dict[str, nn.Parameter]) -> None:
+    def __init__(
+        self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]
+    ) -> None:
         self.params = params
+        self.calls = list(calls)
 
     def per_example(
         self, gs: Sequence[Tensor], sl: slice = ALL, out: dict[str, Tensor] | None = None
@@ -108,8 +111,7 @@ class AffineSite(BoundSite):
     """
 
     def __init__(self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]):
-        super().__init__(params)
-        self.calls = list(calls)
+        super().__init__(params, calls)
         self.ops = [op for _, op in calls]
         self.groups = int(getattr(self.ops[0], "groups", 1))
         self.n = int(calls[0][0].shape[0])
@@ -342,10 +344,6 @@ def g_out(op: Any, g: Tensor) -> int:
 class NormSite(BoundSite):
     """BatchNorm (eval), LayerNorm, GroupNorm: ``y = weight * xhat + bias``."""
 
-    def __init__(self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]):
-        super().__init__(params)
-        self.calls = list(calls)
-
     def per_example(
         self, gs: Sequence[Tensor], sl: slice = ALL, out: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
@@ -366,7 +364,7 @@ class EmbeddingSite(BoundSite):
     """``nn.Embedding``: one-hot inputs, see :mod:`backprobe.layers.embedding`."""
 
     def __init__(self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]):
-        super().__init__(params)
+        super().__init__(params, calls)
         self.op = calls[0][1]
         self.idx = torch.cat([i.reshape(i.shape[0], -1) for i, _ in calls], dim=1)
 
@@ -393,10 +391,6 @@ class FuncSite(BoundSite):
     at a time, vectorised with ``vmap``: exact for modules that treat examples
     independently, slower than the closed forms of the other sites.
     """
-
-    def __init__(self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]):
-        super().__init__(params)
-        self.calls = list(calls)
 
     def per_example(
         self, gs: Sequence[Tensor], sl: slice = ALL, out: dict[str, Tensor] | None = None
