@@ -1,8 +1,8 @@
-"""``python -m backprobe``: the command line (see :mod:`backprobe.cli`)."""
+"""``python -m backprobe``: the command line (see :mod:`backprobe.app.cli`)."""
 
 import sys
 
-from backprobe.cli import main
+from backprobe.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

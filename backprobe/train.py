@@ -49,7 +49,7 @@ from backprobe.convert import convert, report
 from backprobe.estimators import Estimator
 from backprobe.layers import bind
 from backprobe.memory import saved_activation_bytes
-from backprobe.spec import is_exact, parse_estimator
+from backprobe.app.spec import is_exact, parse_estimator
 
 __all__ = [
     "DEFAULT_LR", "CompareResult", "MemoryReport", "TrainConfig", "TrainResult", "VarianceResult",
