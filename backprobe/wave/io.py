@@ -255,7 +255,7 @@ def read_segy(path: str | os.PathLike[str], *, dx: float, ndim: int = 2) -> Shot
     if len(set(counts.tolist())) != 1:
         raise ValueError(
             f"{os.fspath(path)!r}: shots have different receiver counts {sorted(set(counts))}")
-    shots, n_rec = len(counts), int(counts[0])
+    n_rec = int(counts[0])
     starts = first[order]
     idx = (starts[:, None] + np.arange(n_rec)[None, :])
     if not np.array_equal(record[idx], np.repeat(record[starts][:, None], n_rec, axis=1)):
