@@ -1,12 +1,257 @@
-"""``backprobe compare``: a grid of estimators x batch sizes x seeds, as a table and a figure."""
+"""``backprobe compare``: a grid of estimators x batch sizes x seeds, as a table and a figure.
+
+:func:`compare` trains every cell with :func:`backprobe.app.training.train`;
+:class:`CompareResult` holds the runs, prints the paper's table (test accuracy per estimator
+and batch size, mean ± std over seeds, plus saved bytes and seconds per epoch), merges grids
+run separately, and draws the figure.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from backprobe.app._args import add_common, add_training, estimator_specs, ints, spec_epilog
+from backprobe.app.report import (
+    echo,
+    format_bytes,
+    progress_bar,
+    pyplot,
+    save_figure,
+    table,
+    write_json,
+)
+from backprobe.app.spec import parse_estimator
+from backprobe.app.training import TrainConfig, TrainResult, load_data, run_line, train
+
+__all__ = ["CompareResult", "add_parser", "compare", "run"]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+@dataclass
+class CompareResult:
+    """All runs of a :func:`compare` grid and their summary."""
+
+    model: str
+    data: str
+    estimators: list[str]
+    batch_sizes: list[int]
+    seeds: list[int]
+    epochs: int
+    optimizer: str
+    lr: float
+    runs: list[TrainResult]
+
+    def _runs(self, spec: str, batch: int) -> list[TrainResult]:
+        return [r for r in self.runs if r.estimator == spec and r.batch_size == batch]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per (estimator, batch size): accuracy mean/std (%), bytes, ratio, s/epoch."""
+        rows = []
+        for spec in self.estimators:
+            for b in self.batch_sizes:
+                runs = self._runs(spec, b)
+                if not runs:
+                    continue
+                mean, std = _mean_std([100 * r.test_accuracy for r in runs])
+                exact_runs = [r for r in self.runs if r.batch_size == b]
+                exact_bytes = exact_runs[0].exact_saved_activation_bytes
+                secs = [s for r in runs for s in r.epoch_seconds]
+                rows.append({
+                    "estimator": spec, "batch_size": b, "accuracy_mean": mean, "accuracy_std": std,
+                    "accuracies": [100 * r.test_accuracy for r in runs],
+                    "saved_activation_bytes": runs[0].saved_activation_bytes,
+                    "exact_saved_activation_bytes": exact_bytes,
+                    "memory_ratio": exact_bytes / max(runs[0].saved_activation_bytes, 1),
+                    "epoch_seconds": statistics.median(secs),
+                })
+        return rows
+
+    def table(self) -> str:
+        """The paper's table, plus memory and time columns.
+
+        Test accuracy (%) per estimator x batch size, mean ± std over seeds; then the saved
+        activation bytes per step (largest batch), the ratio vs exact, and the median seconds
+        per epoch for each batch size.
+        """
+        rows_by = {(r["estimator"], r["batch_size"]): r for r in self.summary()}
+        big = max(self.batch_sizes)
+        head = ["estimator"] + [f"acc % B={b}" for b in self.batch_sizes]
+        head += [f"saved/step B={big}", "vs exact"] + [f"s/epoch B={b}" for b in self.batch_sizes]
+        rows = [head]
+        for spec in self.estimators:
+            row = [spec]
+            for b in self.batch_sizes:
+                s = rows_by.get((spec, b))
+                if s is None:
+                    row.append("-")
+                elif len(s["accuracies"]) == 1:
+                    row.append(f"{s['accuracy_mean']:.2f}")
+                else:
+                    row.append(f"{s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f}")
+            s = rows_by.get((spec, big))
+            row += ["-", "-"] if s is None else [
+                format_bytes(s["saved_activation_bytes"]), f"{s['memory_ratio']:.1f}x less"
+                if s["memory_ratio"] > 1.0001 else "1.0x"]
+            for b in self.batch_sizes:
+                s = rows_by.get((spec, b))
+                row.append("-" if s is None else f"{s['epoch_seconds']:.2f}")
+            rows.append(row)
+        seeds = ",".join(map(str, self.seeds))
+        what = "mean ± std over seeds" if len(self.seeds) > 1 else "one seed"
+        title = (f"{self.model} on {self.data}, {self.epochs} epochs, {self.optimizer} "
+                 f"lr={self.lr:g}, seeds {seeds} (test accuracy %, {what})")
+        if any(r.skip_first for r in self.runs):
+            title += "; first layer kept exact (skip_first)"
+        return title + "\n" + table(rows, [False] + [True] * (len(head) - 1))
+
+    @classmethod
+    def from_json(cls, docs: Sequence[dict[str, Any]]) -> CompareResult:
+        """Merge the ``to_json()`` documents of grids run separately (e.g. one per seed).
+
+        Estimators and batch sizes keep their first-seen order; runs are concatenated.
+
+        Raises:
+            ValueError: if the documents differ in model, data, epochs, optimizer or lr.
+        """
+        if not docs:
+            raise ValueError("CompareResult.from_json: nothing to merge")
+        keys = ("model", "data", "epochs", "optimizer", "lr")
+        for d in docs[1:]:
+            diff = [k for k in keys if d[k] != docs[0][k]]
+            if diff:
+                raise ValueError(f"cannot merge compare results that differ in {diff}")
+        fields = set(TrainResult.__dataclass_fields__)
+        runs = [TrainResult(**{"skip_first": False, **{k: v for k, v in r.items() if k in fields}})
+                for d in docs for r in d["runs"]]
+
+        def union(key: str) -> list[Any]:
+            return list(dict.fromkeys(v for d in docs for v in d[key]))
+
+        first = docs[0]
+        return cls(first["model"], first["data"], union("estimators"), union("batch_sizes"),
+                   union("seeds"), first["epochs"], first["optimizer"], first["lr"], runs)
+
+    def to_json(self) -> dict[str, Any]:
+        """Grid settings, the summary rows and every run."""
+        return {
+            "model": self.model, "data": self.data, "estimators": self.estimators,
+            "batch_sizes": self.batch_sizes, "seeds": self.seeds, "epochs": self.epochs,
+            "optimizer": self.optimizer, "lr": self.lr, "summary": self.summary(),
+            "runs": [r.to_json() for r in self.runs],
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG: accuracy, saved bytes and time per estimator.
+
+        Panels: test accuracy (mean ± std over seeds) per estimator and batch size; saved
+        activation bytes per step at the largest batch (ratio vs exact on the bars); median
+        seconds per epoch.
+        """
+        plt = pyplot()
+        summ = self.summary()
+        xs = list(range(len(self.estimators)))
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for b in self.batch_sizes:
+            pts = [(i, s) for i, spec in enumerate(self.estimators) for s in summ
+                   if s["estimator"] == spec and s["batch_size"] == b]
+            axes[0].errorbar([i for i, _ in pts], [s["accuracy_mean"] for _, s in pts],
+                             yerr=[s["accuracy_std"] for _, s in pts], marker="o", capsize=3,
+                             label=f"batch {b}")
+            axes[2].plot([i for i, _ in pts], [s["epoch_seconds"] for _, s in pts], marker="o",
+                         label=f"batch {b}")
+        axes[0].set_ylabel("test accuracy (%)")
+        n = len(self.seeds)
+        axes[0].set_title(f"test accuracy after {self.epochs} epochs "
+                          f"({n} seed{'s' if n > 1 else ''})")
+        big = max(self.batch_sizes)
+        mem = [next((s for s in summ if s["estimator"] == e and s["batch_size"] == big), None)
+               for e in self.estimators]
+        heights = [0 if s is None else s["saved_activation_bytes"] / 2**20 for s in mem]
+        bars = axes[1].bar(xs, heights, color="tab:green")
+        for bar, s in zip(bars, mem):
+            if s is not None:
+                axes[1].annotate(f"{s['memory_ratio']:.1f}x", (bar.get_x() + bar.get_width() / 2,
+                                 bar.get_height()), ha="center", va="bottom")
+        axes[1].set_ylabel("MiB")
+        axes[1].set_title(f"saved activations per step (batch {big})")
+        axes[2].set_ylabel("seconds")
+        axes[2].set_title("training time per epoch (median)")
+        for ax in axes:
+            ax.set_xticks(xs, self.estimators, rotation=20)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        axes[2].legend()
+        fig.suptitle(f"{self.model} on {self.data}: exact vs probed weight gradients")
+        fig.tight_layout()
+        return save_figure(fig, path)
+
+
+def compare(
+    model: str, data: str, estimators: Sequence[str], batch_sizes: Sequence[int],
+    seeds: Sequence[int] = (0,), *, epochs: int = 10, optimizer: str = "adam",
+    lr: float | None = None, data_dir: str | None = None, image_size: int | None = None,
+    device: str = "cpu", skip_first: bool = False, progress: bool = False,
+    on_run: Callable[[TrainResult], None] | None = None,
+) -> CompareResult:
+    """Train every (seed, batch size, estimator) and collect the results.
+
+    Args:
+        model: a :data:`backprobe.models.MODELS` name.
+        data: a :data:`backprobe.data.DATASETS` name.
+        estimators: spec strings, e.g. ``["exact", "probe:4", "probe:16", "probe:64"]``.
+        batch_sizes: e.g. ``[32, 128]``.
+        seeds: one run per seed; the table shows mean ± std over them.
+        epochs: passes over the training set.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr: learning rate (default :data:`DEFAULT_LR`).
+        data_dir: directory of the data files.
+        image_size: resize images (default :func:`default_image_size`).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        skip_first: keep the first layer exact in every probed run.
+        progress: tqdm bars (the grid, and each run's epochs).
+        on_run: called with each finished run.
+
+    Returns:
+        A :class:`CompareResult`.
+    """
+    estimators, batch_sizes, seeds = list(estimators), list(batch_sizes), list(seeds)
+    for spec in estimators:
+        parse_estimator(spec)  # fail before the first run
+    split = load_data(data, data_dir=data_dir, image_size=image_size)
+    grid = [(s, b, e) for s in seeds for b in batch_sizes for e in estimators]
+    runs = []
+    bar = progress_bar(grid, progress, desc="compare", unit="run")
+    base = TrainConfig(model=model, data=data, epochs=epochs, optimizer=optimizer, lr=lr,
+                       data_dir=data_dir, image_size=image_size, device=device,
+                       skip_first=skip_first)
+    for seed, b, spec in bar:
+        if progress:
+            bar.set_postfix_str(f"{spec} B={b} seed {seed}")
+        r = train(replace(base, estimator=spec, batch_size=b, seed=seed), split=split,
+                  progress=progress)
+        r.model_obj = None
+        runs.append(r)
+        if on_run is not None:
+            on_run(r)
+    return CompareResult(model, split.name, estimators, batch_sizes, seeds, epochs, optimizer,
+                         base.learning_rate, runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------------------------
+
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,8 +274,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run (or merge) the grid, print its table, write ``compare.json`` and ``compare.png``."""
-    from backprobe.train import CompareResult, compare, echo, run_line, write_json
-
     if args.merge:
         result = CompareResult.from_json([json.loads(Path(f).read_text()) for f in args.merge])
     else:

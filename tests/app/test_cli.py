@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from backprobe.cli import build_parser, main
+from backprobe.app.cli import build_parser, main
 
 
 def test_train_writes_json(tmp_path, capsys):
@@ -95,22 +95,73 @@ def test_python_dash_m_entry_point():
     assert "compare" in out and "probe:R[:OPTION...]" in out
 
 
-def test_bench_calls_backprobe_bench(tmp_path, capsys, monkeypatch):
-    import backprobe.bench as bench
+def test_bench_runs_the_benchmark_script(tmp_path, capsys, monkeypatch):
+    import subprocess
 
     calls = {}
 
-    def fake_run_layers(grid, **kwargs):
-        calls["layers"] = (grid, kwargs)
-        return {"config": {"cases": [{"batch": 2, "channels": 4, "image_size": 8}]}, "rows": []}
+    def fake_run(argv, **kwargs):
+        calls["argv"] = argv
+        return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.setattr(bench, "run_layers", fake_run_layers)
-    monkeypatch.setattr(bench, "layers_markdown", lambda result: "LAYER TABLE")
-    monkeypatch.setattr(bench, "plot_layers", lambda rows, path, **kw: path)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     assert main(["bench", "layers", "--r", "4,16", "--repeats", "2", "--clock", "cpu",
                  "--out", str(tmp_path)]) == 0
-    grid, kwargs = calls["layers"]
-    assert grid == "quick" and kwargs["rs"] == [4, 16] and kwargs["repeats"] == 2
-    assert kwargs["clock"] == "cpu"
-    assert "LAYER TABLE" in capsys.readouterr().out
-    assert (tmp_path / "layers_quick.json").exists()
+    argv = calls["argv"]
+    assert argv[1].endswith("benchmarks/bench_layers.py")
+    flags = argv[2:]
+    assert "--quick" in flags and "--networks" not in flags
+    assert flags[flags.index("--r") + 1] == "4,16"
+    assert flags[flags.index("--repeats") + 1] == "2"
+    assert flags[flags.index("--clock") + 1] == "cpu"
+    assert flags[flags.index("--out") + 1] == str(tmp_path)
+
+
+def test_bench_without_a_checkout_points_at_make_bench(tmp_path, capsys, monkeypatch):
+    from backprobe.app import bench
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "__file__", str(tmp_path / "a" / "b" / "bench.py"))
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "networks"])
+    assert info.value.code == 2
+    assert "make bench" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old, new", [
+    ("backprobe.cli", "backprobe.app.cli"), ("backprobe.spec", "backprobe.app.spec"),
+    ("backprobe.data", "backprobe.app.data"), ("backprobe.models", "backprobe.app.models"),
+])
+def test_moved_modules_warn_and_alias(old, new):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=new):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new)
+
+
+def test_old_train_module_warns_and_reexports():
+    import importlib
+    import sys
+
+    from backprobe.app.training import train
+
+    sys.modules.pop("backprobe.train", None)
+    with pytest.warns(DeprecationWarning, match="backprobe.app"):
+        old = importlib.import_module("backprobe.train")
+    assert old.train is train and callable(old.compare) and callable(old.write_json)
+
+
+def test_import_backprobe_imports_no_app():
+    import subprocess
+    import sys
+
+    # torch itself imports tqdm (torch.hub) when it is installed: count only what backprobe adds
+    code = ("import sys, torch; before = set(sys.modules); import backprobe; "
+            "bad = [m for m in set(sys.modules) - before if m.split('.')[0] in "
+            "('matplotlib', 'tqdm', 'sklearn') or m.startswith('backprobe.app')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[]"

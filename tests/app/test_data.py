@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from backprobe import data
-from backprobe.data import DATASETS, NORMALIZATION, DataSplit, batches, load, read_cifar10_bin
+from backprobe.app import data
+from backprobe.app.data import DATASETS, NORMALIZATION, DataSplit, batches, load, read_cifar10_bin
 
 # --------------------------------------------------------------------------------------------
 # helpers: tiny files in the exact official formats

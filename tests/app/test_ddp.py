@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from backprobe.cli import main
-from backprobe.train import TrainConfig, shard, train
+from backprobe.app.cli import main
+from backprobe.app.distributed import shard
+from backprobe.app.training import TrainConfig, train
 
 STEPS = 3
 TIMEOUT_S = 240

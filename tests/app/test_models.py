@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from backprobe import models
-from backprobe.models import MODELS, build
+from backprobe.app import models
+from backprobe.app.models import MODELS, build
 
 # Options that keep the big networks small enough for fast CPU tests.
 SMALL = {"vgg": {"width": 0.125}, "resnet18": {"width": 0.125}}
