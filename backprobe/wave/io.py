@@ -147,7 +147,7 @@ def write_segy(path: str | os.PathLike[str], data: torch.Tensor, *, dt: float, d
 
     Headers per trace: ``FieldRecord`` (shot, from 1), ``TraceNumber`` (receiver, from 1),
     ``SourceX/SourceY/GroupX/GroupY`` (metres x 100 with ``SourceGroupScalar = -100``),
-    ``SourceDepth`` and ``ReceiverGroupElevation = -depth`` (same scaling through
+    ``SourceDepth`` and ``ReceiverGroupElevation = -depth`` (whole centimetres, through
     ``ElevationScalar``), ``TRACE_SAMPLE_INTERVAL`` in microseconds.
 
     Args:
