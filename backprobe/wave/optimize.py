@@ -38,7 +38,11 @@ def project(x: torch.Tensor, lower: Bounds, upper: Bounds) -> torch.Tensor:
     """Projection onto the box ``lower <= x <= upper`` (``None`` = unbounded side)."""
     if lower is None and upper is None:
         return x
-    return torch.clamp(x, min=lower, max=upper)  # type: ignore[arg-type]
+    if isinstance(lower, torch.Tensor) or isinstance(upper, torch.Tensor):
+        lo = None if lower is None else torch.as_tensor(lower, dtype=x.dtype, device=x.device)
+        hi = None if upper is None else torch.as_tensor(upper, dtype=x.dtype, device=x.device)
+        return torch.clamp(x, min=lo, max=hi)
+    return torch.clamp(x, min=lower, max=upper)
 
 
 def _check_bounds(lower: Bounds, upper: Bounds) -> None:
