@@ -477,12 +477,12 @@ def test_conv_fast_gather_matches_unfolded_rows(case):
     xin, op = backprobe.layers.bind(conv, x)
     xr = op.canonical_input(xin).reshape(-1, op.canonical_input(xin).shape[-1])
     gr = op.canonical_output_grad(g).reshape(-1, g.shape[1])
-    from backprobe.estimators.aop import _conv_scores, _scores
+    from backprobe.estimators.aop import _scores
 
     scores = _scores(xr, gr, op.groups)
-    assert torch.allclose(_conv_scores(op, xin, g), scores)
+    assert torch.allclose(op.row_scores(xin, g), scores)
     top = torch.topk(scores, AOP(0.3).num_rows(xr.shape[0])).indices
-    expected = AOP(1, memory=False)._product(op, xr[top], gr[top], None, op.groups)
+    expected = AOP(1, memory=False).product(op, xr[top], gr[top], None)
     assert torch.allclose(conv.weight.grad, expected)
 
 

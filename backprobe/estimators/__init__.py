@@ -1,11 +1,11 @@
 """Estimators: what forward keeps and how backward forms the weight gradient."""
 
-from backprobe.estimators._base import EstimatedAffineFn, Estimator, estimated_affine
+from backprobe.estimators._base import EstimatedAffineFn, Estimator, choose, estimated_affine
 from backprobe.estimators.aop import AOP, remove_memory, reset_memory
 from backprobe.estimators.exact import Exact
 from backprobe.estimators.probe import Probe
 
 __all__ = [
-    "AOP", "EstimatedAffineFn", "Estimator", "Exact", "Probe", "estimated_affine",
+    "AOP", "EstimatedAffineFn", "Estimator", "Exact", "Probe", "choose", "estimated_affine",
     "remove_memory", "reset_memory",
 ]

@@ -13,17 +13,18 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from backprobe._random import SEED_HIGH, private_generator
-from backprobe.layers import AffineOp
+from backprobe.layers import AffineOp, module_types
 
 
 class Estimator:
     """Base class: decides what forward keeps and how backward forms the weight gradient.
 
-    Subclasses set ``natural_layers`` (module types ``convert`` swaps by default) and
-    implement ``pack``, ``weight_grad`` and ``saved_numbers``.
+    Subclasses implement ``pack``, ``weight_grad`` and ``saved_numbers``, and may narrow
+    ``natural_layers`` (module types ``convert`` swaps by default; all registered affine
+    layers unless an estimator says otherwise).
     """
 
-    natural_layers: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    natural_layers: tuple[type[nn.Module], ...] = module_types("affine")
 
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         """Return the tensors to save for the weight gradient and non-tensor metadata."""
@@ -99,6 +100,30 @@ class RandomEstimator(Estimator):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the private generator's state."""
         self._generator.set_state(state["generator"])
+
+
+def choose(
+    estimator: Estimator, op: AffineOp, x: Tensor, module: nn.Module | None = None
+) -> tuple[Estimator, bool]:
+    """The estimator to use for one call: ``estimator`` or the exact fallback.
+
+    The one place that decides: an estimator that would keep at least as many numbers as
+    the input for ``x`` (``worthwhile`` is false) gives way to :class:`Exact`.
+
+    Args:
+        estimator: the layer's estimator.
+        op: the layer's op.
+        x: the layer input as the op sees it.
+        module: the layer, to bind estimators with per-layer state (``for_module``).
+
+    Returns:
+        ``(chosen, fell_back)``: the estimator to use and whether it is the exact fallback.
+    """
+    if not estimator.worthwhile(op, x):
+        from backprobe.estimators.exact import EXACT
+
+        return EXACT, True
+    return (estimator if module is None else estimator.for_module(module)), False
 
 
 class EstimatedAffineFn(torch.autograd.Function):

@@ -15,88 +15,30 @@ algorithms for matrices I" (2006); error feedback follows Stich, Cordonnier, Jag
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from backprobe.estimators._aop_memory import (
+    BUFFER_G,
+    BUFFER_W,
+    BUFFER_X,
+    BoundAOP,
+    LearningRate,
+    error_feedback,
+    register_buffers,
+    remove_memory,
+    reset_memory,
+    scores,
+    with_rows,
+)
 from backprobe.estimators._base import Estimator, RandomEstimator
-from backprobe.layers import AffineOp, ConvOp
+from backprobe.layers import AffineOp, module_types
 
 POLICIES = ("topk", "randk", "weightedk")
 MEMORIES = (False, True, "error_feedback")
-
-#: Names of the module buffers AOP registers (row memory and weight-shaped memory).
-BUFFER_X = "aop_memory_x"
-BUFFER_G = "aop_memory_g"
-BUFFER_W = "aop_memory_w"
-_BUFFERS = (BUFFER_X, BUFFER_G, BUFFER_W)
-_HOOK_FLAG = "_aop_load_hook"
-
-LearningRate = float | Callable[[], float] | torch.optim.Optimizer | None
-
-
-def _dims(module: nn.Module) -> tuple[int, int]:
-    """Canonical ``(D_in, D_out)`` of a Linear or ConvNd module (all input channels)."""
-    weight = module.weight
-    assert isinstance(weight, Tensor)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return weight.shape[1] * module.groups * math.prod(module.kernel_size), weight.shape[0]
-    return weight.shape[1], weight.shape[0]
-
-
-def _reset_buffers(module: nn.Module) -> None:
-    for name in (BUFFER_X, BUFFER_G):
-        buf = module._buffers.get(name)
-        if buf is not None:
-            module._buffers[name] = buf.new_zeros(0, buf.shape[1])
-    buf = module._buffers.get(BUFFER_W)
-    if buf is not None:
-        module._buffers[BUFFER_W] = torch.zeros_like(buf)
-
-
-def reset_memory(model: nn.Module) -> nn.Module:
-    """Empty the AOP memory of every layer of ``model`` (row memory to 0 rows, error to 0).
-
-    Call it e.g. when the data distribution changes or between independent runs.
-
-    Returns:
-        ``model``.
-    """
-    for m in model.modules():
-        _reset_buffers(m)
-    return model
-
-
-def remove_memory(model: nn.Module) -> nn.Module:
-    """Delete AOP's buffers from every layer of ``model`` (e.g. before ``backprobe.revert``).
-
-    Returns:
-        ``model``.
-    """
-    for m in model.modules():
-        for name in _BUFFERS:
-            m._buffers.pop(name, None)
-            m._non_persistent_buffers_set.discard(name)
-    return model
-
-
-def _load_hook(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    """Let row memory of any number of rows load; a checkpoint without memory empties it."""
-    for name in _BUFFERS:
-        buf = module._buffers.get(name)
-        if buf is None:
-            continue
-        key = prefix + name
-        if key not in state_dict:  # e.g. a checkpoint of the plain torch model
-            state_dict[key] = torch.zeros_like(buf) if name == BUFFER_W else buf.new_zeros(
-                0, buf.shape[1]
-            )
-        incoming = state_dict[key]
-        if name != BUFFER_W and isinstance(incoming, Tensor) and incoming.shape != buf.shape:
-            module._buffers[name] = buf.new_zeros(incoming.shape)
+_scores = scores  # the name tests and benchmarks know
 
 
 class AOP(RandomEstimator):
@@ -205,7 +147,7 @@ class AOP(RandomEstimator):
         >>> opt.step()
     """
 
-    natural_layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    natural_layers = module_types("affine")
 
     def __init__(
         self, k: int | float, *, policy: str = "topk", memory: bool | str = True,
@@ -254,8 +196,8 @@ class AOP(RandomEstimator):
         """``self`` without memory; otherwise an estimator bound to ``module``'s buffers."""
         if self.memory is False:
             return self
-        self._register(module)
-        return _BoundAOP(self, module)
+        register_buffers(module, self.memory)
+        return BoundAOP(self, module)
 
     def attach(self, model: nn.Module) -> nn.Module:
         """Register (empty) memory buffers on every layer of ``model`` that uses ``self``.
@@ -270,48 +212,12 @@ class AOP(RandomEstimator):
             return model
         for m in model.modules():
             if getattr(m, "estimator", None) is self and hasattr(m, "weight"):
-                self._register(m)
+                register_buffers(m, self.memory)
         return model
 
     def detach(self, module: nn.Module) -> nn.Module:
         """Delete the memory buffers of ``module`` (it no longer uses this estimator)."""
         return remove_memory(module)
-
-    def _register(self, module: nn.Module) -> None:
-        weight = module.weight
-        assert isinstance(weight, Tensor)
-        d_in, d_out = _dims(module)
-        if self.memory == "error_feedback":
-            if BUFFER_W not in module._buffers:
-                module.register_buffer(BUFFER_W, torch.zeros_like(weight))
-        else:
-            if BUFFER_X not in module._buffers:
-                module.register_buffer(BUFFER_X, weight.new_zeros(0, d_in))
-            if BUFFER_G not in module._buffers:
-                module.register_buffer(BUFFER_G, weight.new_zeros(0, d_out))
-        if not getattr(module, _HOOK_FLAG, False):
-            module.register_load_state_dict_pre_hook(_load_hook)
-            object.__setattr__(module, _HOOK_FLAG, True)
-
-    def _eta(self, module: nn.Module | None) -> float:
-        """The current learning rate (1 when ``lr`` is ``None``)."""
-        lr = self.lr
-        if lr is None:
-            return 1.0
-        if isinstance(lr, torch.optim.Optimizer):
-            weight = getattr(module, "weight", None)
-            group = next(
-                (g for g in lr.param_groups if any(p is weight for p in g["params"])),
-                lr.param_groups[0],
-            )
-            value = float(group["lr"])
-        elif callable(lr):
-            value = float(lr())
-        else:
-            value = float(lr)
-        if not value > 0:
-            raise ValueError(f"AOP: the learning rate must be > 0 for the memory, got {value}")
-        return value
 
     # -- selection -------------------------------------------------------------------------
     def num_rows(self, m: int) -> int:
@@ -366,89 +272,49 @@ class AOP(RandomEstimator):
 
     def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
         """The AOP estimate (only without memory: memory needs ``for_module``)."""
-        return self._weight_grad(op, saved[0], g, None)
+        return self.estimate(op, saved[0], g, None)
 
-    def _weight_grad(self, op: AffineOp, x: Tensor, g: Tensor, module: nn.Module | None) -> Tensor:
+    def estimate(self, op: AffineOp, x: Tensor, g: Tensor, module: nn.Module | None) -> Tensor:
+        """The weight gradient estimate for input ``x`` and output gradient ``g``.
+
+        Raises:
+            ValueError: with memory but no ``module`` to keep it on.
+        """
         if self.memory is not False and module is None:
             raise ValueError("AOP with memory must be bound to a module (estimator.for_module)")
         if g.numel() == 0:  # empty batch: nothing to select, memory untouched
             return op.weight_grad(x, g)
-        dtype = g.dtype
-        groups = int(getattr(op, "groups", 1))
-        if isinstance(op, ConvOp) and self.memory is not True:
-            # Scores without unfolding; only the K selected patches are gathered.
-            scores = _conv_scores(op, x.to(dtype), g)
-            idx, w = self.select(scores, self.num_rows(scores.shape[0]))
-            xs, gs = _conv_gather(op, x.to(dtype), g, idx)
+        x = x.to(g.dtype)
+        fast = op.row_scores(x, g) if self.memory is not True else None
+        if fast is not None:  # scores without unfolding; only the K selected rows gathered
+            idx, w = self.select(fast, self.num_rows(fast.shape[0]))
+            rows = op.gather_rows(x, g, idx)
+            assert rows is not None, f"{type(op).__name__}: row_scores without gather_rows"
+            xs, gs = rows
         else:
-            xr = op.canonical_input(x.to(dtype))
-            xr = xr.reshape(-1, xr.shape[-1])
-            gr = op.canonical_output_grad(g)
-            gr = gr.reshape(-1, gr.shape[-1])
+            xr = op.canonical_input(x).flatten(0, 1)
+            gr = op.canonical_output_grad(g).flatten(0, 1)
             if self.memory is True:
                 assert module is not None
-                return self._with_rows(op, xr, gr, module, groups)
-            idx, w = self.select(_scores(xr, gr, groups), self.num_rows(xr.shape[0]))
+                return with_rows(self, op, xr, gr, module)
+            idx, w = self.select(scores(xr, gr, op.groups), self.num_rows(xr.shape[0]))
             xs, gs = xr.index_select(0, idx), gr.index_select(0, idx)
-        est = self._product(op, xs, gs, w, groups)
+        est = self.product(op, xs, gs, w)
         if self.memory == "error_feedback":
             assert module is not None
-            eta = self._eta(module)
-            exact = op.weight_grad(x, g).to(dtype)
-            mem = module._buffers[BUFFER_W]
-            assert mem is not None
-            out = est + mem.to(dtype) / eta
-            module._buffers[BUFFER_W] = ((exact - est) * eta).to(mem.dtype)
-            return out
+            return error_feedback(est, op.weight_grad(x, g), module, self.lr)
         return est
 
-    def _with_rows(
-        self, op: AffineOp, xr: Tensor, gr: Tensor, module: nn.Module, groups: int
-    ) -> Tensor:
-        """The paper's row memory (see the class docstring for the batch-size rule)."""
-        m = xr.shape[0]
-        mem_x, mem_g = module._buffers[BUFFER_X], module._buffers[BUFFER_G]
-        assert mem_x is not None and mem_g is not None
-        scale = math.sqrt(self._eta(module))
-        rows = min(m, mem_x.shape[0])
-        if rows == m:  # the usual case: one add forms the new (owned) tensors
-            x_hat = torch.add(xr, mem_x[:m].to(xr.dtype), alpha=1.0 / scale)
-            g_hat = torch.add(gr, mem_g[:m].to(gr.dtype), alpha=1.0 / scale)
-        else:
-            x_hat, g_hat = xr.clone(), gr.clone()
-            x_hat[:rows].add_(mem_x[:rows].to(xr.dtype), alpha=1.0 / scale)
-            g_hat[:rows].add_(mem_g[:rows].to(gr.dtype), alpha=1.0 / scale)
-        idx, w = self.select(_scores(x_hat, g_hat, groups), self.num_rows(m))
-        out = self._product(op, x_hat.index_select(0, idx), g_hat.index_select(0, idx), w, groups)
-        # New memory: the unselected rows (paper units), then the rows this batch did not reach.
-        new_x, new_g = x_hat.index_fill_(0, idx, 0), g_hat.index_fill_(0, idx, 0)
-        if scale != 1.0:
-            new_x, new_g = new_x.mul_(scale), new_g.mul_(scale)
-        new_x, new_g = new_x.to(mem_x.dtype), new_g.to(mem_g.dtype)
-        if mem_x.shape[0] > m:
-            new_x = torch.cat([new_x, mem_x[m:]])
-            new_g = torch.cat([new_g, mem_g[m:]])
-        module._buffers[BUFFER_X], module._buffers[BUFFER_G] = new_x, new_g
-        return out
-
-    def _product(self, op: AffineOp, xs: Tensor, gs: Tensor, w: Tensor | float | None,
-                 groups: int) -> Tensor:
-        """``sum_j w_j gs_j (outer) xs_j`` in the weight's layout (one matmul)."""
+    def product(self, op: AffineOp, xs: Tensor, gs: Tensor, w: Tensor | float | None) -> Tensor:
+        """``sum_j w_j gs_j (outer) xs_j`` in the weight's layout (one matmul per group)."""
         if isinstance(w, Tensor):
             gs = gs * w.to(gs.dtype).unsqueeze(1)
-        if groups == 1:
-            mat = gs.mT @ xs
-        else:  # block-diagonal part only: [groups, D_out/g, K] @ [groups, K, D_in/g]
-            k = xs.shape[0]
-            gs_g = gs.reshape(k, groups, -1).permute(1, 2, 0)
-            mat = gs_g @ xs.reshape(k, groups, -1).transpose(0, 1)
-            mat = mat.reshape(gs.shape[1], -1)
-            if isinstance(w, float):
-                mat = mat.mul_(w)
-            return mat.reshape(mat.shape[0], -1, *op.kernel_size)  # type: ignore[attr-defined]
+        k, grp = xs.shape[0], op.groups
+        # block-diagonal part only: [groups, D_out/g, K] @ [groups, K, D_in/g]
+        blocks = gs.reshape(k, grp, -1).permute(1, 2, 0) @ xs.reshape(k, grp, -1).transpose(0, 1)
         if isinstance(w, float):
-            mat = mat.mul_(w)
-        return op.weight_from_matrix(mat)
+            blocks = blocks.mul_(w)
+        return op.weight_from_blocks(blocks)
 
     def __repr__(self) -> str:
         return (
@@ -457,82 +323,8 @@ class AOP(RandomEstimator):
         )
 
 
-def _scores(xr: Tensor, gr: Tensor, groups: int) -> Tensor:
-    """Frobenius norm of each row's product (its block-diagonal part for grouped convs)."""
-    if groups == 1:
-        return torch.linalg.vector_norm(xr, dim=1) * torch.linalg.vector_norm(gr, dim=1)
-    m = xr.shape[0]
-    nx = xr.reshape(m, groups, -1).square().sum(-1)
-    ng = gr.reshape(m, groups, -1).square().sum(-1)
-    return (nx * ng).sum(-1).sqrt()
 
-
-def _conv_scores(op: ConvOp, x: Tensor, g: Tensor) -> Tensor:
-    """``_scores`` of the unfolded rows, computed without unfolding: ``[N * S]``.
-
-    ``||x_patch||^2`` per group is a convolution of ``x^2`` with a ones kernel.
-    """
-    n, c_in, grp = x.shape[0], x.shape[1], op.groups
-    ones = x.new_ones(grp, c_in // grp, *op.kernel_size)
-    nx = op.forward(x.square(), ones, None).flatten(2)  # [N, groups, S]
-    ng = g.flatten(2).square().reshape(n, grp, -1, nx.shape[-1]).sum(2)
-    return (nx * ng).sum(1).clamp_min(0).sqrt().reshape(-1)
-
-
-def _conv_gather(op: ConvOp, x: Tensor, g: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows ``idx`` (flat ``n * S + s``) of ``canonical_input(x)`` and the output gradient."""
-    out_shape = g.shape[2:]
-    s_total = math.prod(out_shape)
-    n_idx, s_idx = idx // s_total, idx % s_total
-    pad: list[int] = []
-    for p in reversed(op.padding):
-        pad += [p, p]
-    xp = torch.nn.functional.pad(x, pad).movedim(1, -1)  # [N, *spatial, C]
-    d = op.dim
-    index: list[Tensor] = [n_idx.reshape(-1, *([1] * d))]
-    rem = s_idx
-    coords = []
-    for size in reversed(out_shape):
-        coords.append(rem % size)
-        rem = rem // size
-    coords.reverse()
-    for j in range(d):
-        shape = [1] * d
-        shape[j] = op.kernel_size[j]
-        offs = torch.arange(op.kernel_size[j], device=x.device) * op.dilation[j]
-        pos = coords[j].reshape(-1, 1) * op.stride[j] + offs
-        index.append(pos.reshape(-1, *shape))
-    patches = xp[tuple(index)]  # [K, *kernel, C]
-    xs = patches.movedim(-1, 1).reshape(idx.shape[0], -1)
-    gs = g.flatten(2)[n_idx, :, s_idx]
-    return xs, gs
-
-
-class _BoundAOP(Estimator):
-    """An :class:`AOP` bound to one module, whose buffers hold that layer's memory."""
-
-    def __init__(self, parent: AOP, module: nn.Module) -> None:
-        self.parent = parent
-        self.module = module
-        self.natural_layers = parent.natural_layers
-
-    def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
-        return self.parent.pack(op, x)
-
-    def saved_numbers(self, op: AffineOp, x: Tensor) -> int:
-        return self.parent.saved_numbers(op, x)
-
-    def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
-        return self.parent._weight_grad(op, saved[0], g, self.module)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.parent.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.parent.load_state_dict(state)
-
-    def __repr__(self) -> str:
-        return f"{self.parent!r} bound to {type(self.module).__name__}"
-
-
-__all__ = ["AOP", "POLICIES", "remove_memory", "reset_memory"]
+__all__ = [
+    "AOP", "BUFFER_G", "BUFFER_W", "BUFFER_X", "LearningRate", "POLICIES", "remove_memory",
+    "reset_memory",
+]

@@ -31,9 +31,16 @@ class Exact(Estimator):
     def saved_numbers(self, op: AffineOp, x: Tensor) -> int:
         return x.numel()
 
-    def backward(self, op, saved, meta, g, weight, input_shape, mask):  # noqa: D102
+    def backward(
+        self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor, weight: Tensor,
+        input_shape: tuple[int, ...], mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x = saved[0] if mask[1] else None
         return op.backward(x, g, weight, input_shape, mask)
 
     def __repr__(self) -> str:
         return "Exact()"
+
+
+#: The shared stateless instance (the exact fallback of every estimator).
+EXACT = Exact()

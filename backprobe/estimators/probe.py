@@ -18,10 +18,10 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from backprobe.estimators._base import RandomEstimator
-from backprobe.layers import AffineOp, ConvOp
+from backprobe.layers import AffineOp, module_types
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")
 MODES = ("channel", "joint", "auto")
@@ -130,7 +130,7 @@ class Probe(RandomEstimator):
         >>> conv(torch.randn(4, 16, 32, 32)).square().sum().backward()  # unbiased conv.weight.grad
     """
 
-    natural_layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    natural_layers = module_types("affine", shares_weights=True)
 
     def __init__(
         self, num_probes: int, *, distribution: str = "rademacher", mode: str = "channel",
@@ -204,33 +204,16 @@ class Probe(RandomEstimator):
         z, flips = self._draw(int(seed_t), rows, math.prod(row_shape[1:]) // chans,
                               sketch.dtype, g.device)
         if flips is None:
-            if chans > 1:  # conv, channel mode
-                assert isinstance(op, ConvOp)
-                if r <= row_shape[1] // op.groups:
-                    return self._correlate(op, sketch, z, row_shape, g)
+            if chans > 1:  # channel mode: the op's correlation path, if it has one
+                fast = op.shared_probe_weight_grad(sketch, z, row_shape, g)
+                if fast is not None:
+                    return fast
             elif r < rows:
                 return self._joint_shared(op, sketch, z, row_shape, g)
         x_hat = (sketch @ z).div_(r)
         if flips is not None:
             x_hat.mul_(flips)
         return op.weight_grad(x_hat.reshape(row_shape), g)
-
-    @staticmethod
-    def _correlate(
-        op: ConvOp, sketch: Tensor, z: Tensor, row_shape: tuple[int, ...], g: Tensor
-    ) -> Tensor:
-        """Channel mode, shared probes: ``H[n, o, j, k] = corr(g[n, o], z_j)[k]``.
-
-        All of ``H`` is one convolution backward: probes as the input channels of a batch-1
-        convolution whose output channels are ``(n, o)``. Then ``dW = (1/r) s . H``.
-        """
-        n, c_in, r = sketch.shape
-        c_out, out_sp = g.shape[1], g.shape[2:]
-        gk = g.reshape(1, n * c_out, *out_sp)
-        h = op.weight_grad(z.reshape(1, r, *row_shape[2:]), gk, groups=1)
-        h = h.reshape(n, c_out, r, op.kernel_numel)
-        full = torch.einsum("nij,nojk->oik", sketch, h).div_(r)
-        return op.weight_from_matrix(full.reshape(c_out, c_in * op.kernel_numel))
 
     @staticmethod
     def _joint_shared(

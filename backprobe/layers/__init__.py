@@ -1,67 +1,78 @@
-"""Layer registry: the only code that knows module types.
+"""Layer ops: the only code that knows module types, and the one registry of them.
 
-``bind(module, x)`` returns the input as the layer's op sees it and the op (see
-:class:`~backprobe.layers._base.AffineOp`). Adding a layer type = one file + one entry here.
+Every module of this package is imported here, in name order (:data:`OP_MODULES`), and
+registers its op classes with ``@register_op(...)`` (see :mod:`backprobe.layers._base`).
+Adding a layer type is one new file in this folder; ``tests`` checks that every op module
+registered something and runs every registered op against the float64 oracles.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+import warnings
+from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
-from backprobe.layers._base import AffineOp
-from backprobe.layers.conv import ConvOp, bind_conv
-from backprobe.layers.linear import LinearOp, bind_linear
+from backprobe.layers._base import (
+    KINDS,
+    OPS,
+    AffineOp,
+    LayerOp,
+    OpSpec,
+    bind,
+    module_types,
+    op_for,
+    register_op,
+    spec_for,
+)
 
-Binder = Callable[[nn.Module, Tensor], tuple[Tensor, AffineOp]]
+#: The op modules of this package, imported in this order.
+OP_MODULES: tuple[str, ...] = tuple(
+    f"{__name__}.{m.name}"
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+    if not m.name.startswith("_")
+)
+for _name in OP_MODULES:
+    importlib.import_module(_name)
 
-#: Module type -> function describing it in canonical form.
-REGISTRY: dict[type[nn.Module], Binder] = {
-    nn.Linear: bind_linear,
-    nn.Conv1d: bind_conv,
-    nn.Conv2d: bind_conv,
-    nn.Conv3d: bind_conv,
-}
-
-
-def binder_for(module: nn.Module) -> Binder | None:
-    """The registered binder for ``module`` (its own type or nearest registered base)."""
-    for cls in type(module).__mro__:
-        if cls in REGISTRY:
-            return REGISTRY[cls]
-    return None
-
-
-def bind(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
-    """Describe ``module`` applied to ``x`` in canonical form.
-
-    Raises:
-        TypeError: if no layer description is registered for the module's type.
-    """
-    binder = binder_for(module)
-    if binder is None:
-        names = ", ".join(t.__name__ for t in REGISTRY)
-        raise TypeError(
-            f"{type(module).__name__} is not a supported layer (supported: {names})"
-        )
-    return binder(module, x)
-
-
-__all__ = ["REGISTRY", "AffineOp", "ConvOp", "LinearOp", "bind", "binder_for"]
-
-# Layers with parameters that are not in the canonical affine form ``W @ x + b`` but whose
-# per-example parameter gradients have a closed form (used by ``backprobe.quantities``).
+from backprobe.layers.conv import ConvOp, bind_conv  # noqa: E402
 from backprobe.layers.embedding import EmbeddingOp, bind_embedding  # noqa: E402
-from backprobe.layers.norm import NORM_TYPES, NormOp, bind_norm  # noqa: E402
+from backprobe.layers.linear import LinearOp, bind_linear  # noqa: E402
+from backprobe.layers.norm import NormOp, bind_norm  # noqa: E402
 
-#: Module type -> ``bind(module, x) -> (context, op)`` for non-affine parametrised layers.
-PerExampleBinder = Callable[[nn.Module, Tensor], tuple[Tensor, object]]
-PER_EXAMPLE_REGISTRY: dict[type[nn.Module], PerExampleBinder] = {
-    nn.Embedding: bind_embedding,
-    **{t: bind_norm for t in NORM_TYPES},
-}
 
-__all__ += [
-    "NORM_TYPES", "PER_EXAMPLE_REGISTRY", "EmbeddingOp", "NormOp", "bind_embedding", "bind_norm",
+def binder_for(module: nn.Module) -> Any:
+    """The ``bind(module, x)`` of ``module``'s registered op, or ``None``."""
+    spec = spec_for(module)
+    return None if spec is None else spec.op.bind
+
+
+def _deprecated_views() -> dict[str, Any]:
+    return {
+        "REGISTRY": {t: OPS[t].op.bind for t in module_types("affine")},
+        "PER_EXAMPLE_REGISTRY": {
+            t: OPS[t].op.bind for t in (*module_types("embedding"), *module_types("norm"))
+        },
+        "NORM_TYPES": module_types("norm"),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    views = _deprecated_views()
+    if name in views:
+        warnings.warn(
+            f"backprobe.layers.{name} is deprecated; use backprobe.layers.OPS "
+            "(or module_types(kind)), the one registry of module types",
+            DeprecationWarning, stacklevel=2,
+        )
+        return views[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "KINDS", "OPS", "OP_MODULES", "AffineOp", "ConvOp", "EmbeddingOp", "LayerOp", "LinearOp",
+    "NormOp", "OpSpec", "bind", "bind_conv", "bind_embedding", "bind_linear", "bind_norm",
+    "binder_for", "module_types", "op_for", "register_op", "spec_for",
 ]

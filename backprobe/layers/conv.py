@@ -2,53 +2,127 @@
 
 Every path calls the aten convolution (and its backward), so stride, dilation, groups,
 padding and 1-D/2-D/3-D inputs are handled by torch itself, exactly. Nothing here unfolds
-the input except ``canonical_input``; per-example weight gradients of stride-1 convolutions
-avoid even that (``per_example_weight_grad``).
+the input except ``canonical_input``; per-example weight gradients and the input's second
+moment for stride-1 convolutions avoid even that, and so do AOP's row scores.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+from backprobe.layers._base import AffineOp, register_op
+
+CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
-def _dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+def dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A zero-stride tensor of ``shape``: aten reads only its size."""
     return like.new_empty(1).expand(shape)
 
 
-@dataclass(frozen=True)
-class ConvOp:
-    """An N-d convolution with resolved integer padding (asymmetric padding already applied)."""
+def pad_list(before: Sequence[int], after: Sequence[int] | None = None) -> list[int]:
+    """``F.pad``'s argument (last dim first) for per-dim padding ``before`` and ``after``."""
+    after = before if after is None else after
+    return [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)]
 
-    dim: int
+
+def flat_offsets(sizes: Sequence[int], kernel: Sequence[int], dilation: Sequence[int]) -> list[int]:
+    """Flat offsets of every kernel position in a row-major block of spatial ``sizes``."""
+    row = [math.prod(sizes[j + 1:]) for j in range(len(sizes))]
+    return [sum(i * d * r for i, d, r in zip(idx, dilation, row))
+            for idx in itertools.product(*(range(k) for k in kernel))]
+
+
+def one_hot_kernel(channels: int, kernel: tuple[int, ...], like: Tensor) -> Tensor:
+    """``[channels * K, 1, *kernel]``: filter ``c * K + k`` is one at kernel offset ``k``."""
+    k = math.prod(kernel)
+    eye = torch.eye(k, dtype=like.dtype, device=like.device).reshape(k, 1, *kernel)
+    return eye.repeat(channels, *([1] * (len(kernel) + 1)))
+
+
+def resolve_padding(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, ...], str, list[int]]:
+    """``(symmetric padding for aten, F.pad mode, F.pad list applied first)`` of a conv module.
+
+    Non-zero padding modes and the asymmetric part of ``padding="same"`` are applied with
+    ``F.pad`` (outside the estimator, so autograd differentiates them exactly).
+    """
+    d = len(module.kernel_size)
+    if module.padding_mode != "zeros":
+        return (0,) * d, module.padding_mode, list(module._reversed_padding_repeated_twice)
+    if module.padding == "valid":
+        return (0,) * d, "constant", []
+    if module.padding == "same":
+        total = [dl * (k - 1) for dl, k in zip(module.dilation, module.kernel_size)]
+        left = tuple(t // 2 for t in total)
+        extra = [t - 2 * lt for t, lt in zip(total, left)]
+        return left, "constant", pad_list([0] * d, extra) if any(extra) else []
+    return tuple(module.padding), "constant", []  # type: ignore[arg-type]
+
+
+@register_op(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@dataclass(frozen=True)
+class ConvOp(AffineOp):
+    """An N-d convolution with resolved symmetric integer padding (the rest is ``pre_pad``)."""
+
+    in_channels: int
+    out_channels: int
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
     groups: int
+    pad_mode: str = "constant"
+    pre_pad: tuple[int, ...] = ()
+
+    shares_weights = True
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> ConvOp:
+        assert isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+        padding, mode, pre = resolve_padding(module)
+        return cls(
+            module.in_channels, module.out_channels, tuple(module.kernel_size),
+            tuple(module.stride), padding, tuple(module.dilation), module.groups, mode,
+            tuple(pre),
+        )
+
+    @property
+    def dim(self) -> int:
+        return len(self.kernel_size)
 
     @property
     def kernel_numel(self) -> int:
         return math.prod(self.kernel_size)
 
+    @property
+    def d_in(self) -> int:
+        return self.in_channels * self.kernel_numel
+
+    @property
+    def d_out(self) -> int:
+        return self.out_channels
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return F.pad(x, list(self.pre_pad), mode=self.pad_mode) if self.pre_pad else x
+
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return _CONV_FN[self.dim](
+        return CONV_FN[self.dim](
             x, weight, bias, self.stride, self.padding, self.dilation, self.groups
         )
 
-    def _backward(self, g, x, weight_shape, weight, groups, mask, has_bias):
+    def _backward(
+        self, g: Tensor, x: Tensor, weight: Tensor, groups: int, mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         return torch.ops.aten.convolution_backward(
-            g, x, weight if weight is not None else _dummy(g, weight_shape),
-            [g.shape[1]] if has_bias else None,
+            g, x, weight, [g.shape[1]] if mask[2] else None,
             list(self.stride), list(self.padding), list(self.dilation),
             False, [0] * self.dim, groups, list(mask),
         )
@@ -62,34 +136,60 @@ class ConvOp:
         geometry = zip(input_shape[2:], g.shape[2:], self.stride, self.padding, self.dilation,
                        self.kernel_size)
         out_pad = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in geometry]
-        return _CONV_T_FN[self.dim](
+        return CONV_T_FN[self.dim](
             g, weight.to(g.dtype), None, self.stride, self.padding, out_pad, self.groups,
             self.dilation,
         )
 
-    def backward(self, x, g, weight, input_shape, mask):  # noqa: D102 - see AffineOp
+    def backward(
+        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
+        mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         need_in, need_w, need_b = mask
         if x is None or not need_w:
             gi = self.input_grad(g, weight, input_shape) if need_in else None
             gb = g.sum([0, *range(2, g.dim())]) if need_b else None
             return gi, None, gb
-        return self._backward(g, x, None, weight.to(g.dtype), self.groups, mask, need_b)
+        return self._backward(g, x, weight.to(g.dtype), self.groups, mask)
 
     def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
         groups = self.groups if groups is None else groups
         shape = (g.shape[1], x.shape[1] // groups, *self.kernel_size)
-        x = x.to(g.dtype)
-        return self._backward(g, x, shape, None, groups, (False, True, False), False)[1]
+        out = self._backward(g, x.to(g.dtype), dummy(g, shape), groups, (False, True, False))
+        assert out[1] is not None
+        return out[1]
 
     def canonical_input(self, x: Tensor) -> Tensor:
         # Unfold with a one-hot kernel: output channel c*K + k copies channel c at offset k.
-        c, k = x.shape[1], self.kernel_numel
-        eye = torch.eye(k, dtype=x.dtype, device=x.device).reshape(k, 1, *self.kernel_size)
-        cols = _CONV_FN[self.dim](
-            x, eye.repeat(c, *([1] * (self.dim + 1))), None,
-            self.stride, self.padding, self.dilation, c,
-        )
+        c = x.shape[1]
+        cols = CONV_FN[self.dim](x, one_hot_kernel(c, self.kernel_size, x), None,
+                                 self.stride, self.padding, self.dilation, c)
         return cols.flatten(2).transpose(1, 2)
+
+    def canonical_output_grad(self, g: Tensor) -> Tensor:
+        return g.flatten(2).transpose(1, 2)
+
+    def weight_from_matrix(self, m: Tensor) -> Tensor:
+        c_out = m.shape[-2]
+        lead = m.shape[:-2]
+        if self.groups > 1:
+            grp = self.groups
+            m = m.reshape(*lead, grp, c_out // grp, grp, m.shape[-1] // grp)
+            m = torch.diagonal(m, dim1=-4, dim2=-2).movedim(-1, -3)
+        return m.reshape(*lead, c_out, -1, *self.kernel_size)
+
+    def weight_from_blocks(self, blocks: Tensor) -> Tensor:
+        lead = blocks.shape[:-3]
+        return blocks.reshape(*lead, self.out_channels, -1, *self.kernel_size)
+
+    def matrix_view(self, w: Tensor) -> Tensor | None:
+        if self.groups != 1:
+            return None
+        return w.flatten(-self.dim - 1)
+
+    # -- fast paths ----------------------------------------------------------------------
+    def _padded(self, x: Tensor) -> Tensor:
+        return F.pad(x, pad_list(self.padding)) if any(self.padding) else x
 
     def per_example_weight_grad(self, x: Tensor, g: Tensor) -> Tensor | None:
         """``[N, C_out, C_in, *k]`` per-example weight gradients without unfolding, or ``None``.
@@ -107,16 +207,13 @@ class ConvOp:
         c_in, c_out = x.shape[1], g.shape[1]
         if any(s != 1 for s in self.stride) or self.groups != 1 or c_out > 2 * c_in:
             return None
-        x = x.to(g.dtype)
-        if any(self.padding):
-            x = F.pad(x, [p for p in reversed(self.padding) for _ in range(2)])
+        x = self._padded(x.to(g.dtype))
         sizes = x.shape[2:]
-        row = [math.prod(sizes[j + 1:]) for j in range(self.dim)]  # flat stride per dim
-        pad_g = [v for j in reversed(range(1, self.dim)) for v in (0, sizes[j] - g.shape[2 + j])]
+        pad_g = pad_list([0] * (self.dim - 1), [sizes[j] - g.shape[2 + j]
+                                                for j in range(1, self.dim)])
         gp = (F.pad(g, pad_g) if pad_g else g).flatten(2)  # [N, C_out, L]
         length = gp.shape[2]
-        offsets = [sum(i * d * r for i, d, r in zip(idx, self.dilation, row))
-                   for idx in itertools.product(*(range(k) for k in self.kernel_size))]
+        offsets = flat_offsets(sizes, self.kernel_size, self.dilation)
         xf = x.flatten(2)
         extra = offsets[-1] + length - xf.shape[2]
         if extra > 0:
@@ -140,16 +237,12 @@ class ConvOp:
         """
         if any(s != 1 for s in self.stride) or self.groups != 1 or x.shape[1] < 16:
             return None
-        if any(self.padding):
-            x = F.pad(x, [p for p in reversed(self.padding) for _ in range(2)])
+        x = self._padded(x)
         n, c = x.shape[:2]
         sizes = x.shape[2:]
-        row = [math.prod(sizes[j + 1:]) for j in range(self.dim)]
         block = math.prod(sizes)
-        offsets = [sum(i * d * r for i, d, r in zip(idx, self.dilation, row))
-                   for idx in itertools.product(*(range(k) for k in self.kernel_size))]
-        xf = x.transpose(0, 1).reshape(c, n * block)
-        xf = F.pad(xf, (0, offsets[-1]))
+        offsets = flat_offsets(sizes, self.kernel_size, self.dilation)
+        xf = F.pad(x.transpose(0, 1).reshape(c, n * block), (0, offsets[-1]))
         valid = torch.zeros(sizes, dtype=x.dtype, device=x.device)
         valid[tuple(slice(0, o) for o in out_sizes)] = 1
         mask = valid.flatten().repeat(n)
@@ -165,61 +258,53 @@ class ConvOp:
                     out[j, i] = out[i, j].T
         return out.permute(2, 0, 3, 1).reshape(c * k, c * k)
 
-    def canonical_output_grad(self, g: Tensor) -> Tensor:
-        return g.flatten(2).transpose(1, 2)
+    def row_scores(self, x: Tensor, g: Tensor) -> Tensor:
+        """Row norms without unfolding: ``||x_patch||^2`` per group is ``x^2`` conv ones."""
+        n, c_in, grp = x.shape[0], x.shape[1], self.groups
+        ones = x.new_ones(grp, c_in // grp, *self.kernel_size)
+        nx = self.forward(x.square(), ones, None).flatten(2)  # [N, groups, S]
+        ng = g.flatten(2).square().reshape(n, grp, -1, nx.shape[-1]).sum(2)
+        return (nx * ng).sum(1).clamp_min(0).sqrt().reshape(-1)
 
-    def weight_from_matrix(self, m: Tensor) -> Tensor:
-        c_out = m.shape[-2]
-        lead = m.shape[:-2]
-        if self.groups > 1:
-            grp = self.groups
-            m = m.reshape(*lead, grp, c_out // grp, grp, m.shape[-1] // grp)
-            m = torch.diagonal(m, dim1=-4, dim2=-2).movedim(-1, -3)
-        return m.reshape(*lead, c_out, -1, *self.kernel_size)
+    def gather_rows(self, x: Tensor, g: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Only the selected patches of the (zero-padded) input, by advanced indexing."""
+        out_shape = g.shape[2:]
+        s_total = math.prod(out_shape)
+        n_idx, s_idx = idx // s_total, idx % s_total
+        xp = self._padded(x).movedim(1, -1)  # [N, *spatial, C]
+        d = self.dim
+        index: list[Tensor] = [n_idx.reshape(-1, *([1] * d))]
+        coords = torch.unravel_index(s_idx, tuple(out_shape))
+        for j in range(d):
+            shape = [1] * d
+            shape[j] = self.kernel_size[j]
+            offs = torch.arange(self.kernel_size[j], device=x.device) * self.dilation[j]
+            pos = coords[j].reshape(-1, 1) * self.stride[j] + offs
+            index.append(pos.reshape(-1, *shape))
+        patches = xp[tuple(index)]  # [K, *kernel, C]
+        xs = patches.movedim(-1, 1).reshape(idx.shape[0], -1)
+        gs = g.flatten(2)[n_idx, :, s_idx]
+        return xs, gs
 
-    def probe_view(self, x: Tensor, mode: str) -> Tensor:
-        if mode == "channel":
-            return x.flatten(2)
-        return x.reshape(x.shape[0], 1, -1)
+    def shared_probe_weight_grad(
+        self, sketch: Tensor, z: Tensor, row_shape: tuple[int, ...], g: Tensor
+    ) -> Tensor | None:
+        """``H[n, o, j, k] = corr(g[n, o], z_j)[k]`` as one convolution backward.
 
-    def rows(self, t: Tensor) -> Tensor:
-        return t
-
-
-def _resolve_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """Return the input to convolve and symmetric integer padding for the aten call.
-
-    Non-zero padding modes and the asymmetric part of ``padding="same"`` are applied with
-    ``F.pad`` (outside the estimator, so autograd differentiates them exactly).
-    """
-    d = len(module.kernel_size)
-    if module.padding_mode != "zeros":
-        pad = module._reversed_padding_repeated_twice
-        return F.pad(x, pad, mode=module.padding_mode), (0,) * d
-    if module.padding == "valid":
-        return x, (0,) * d
-    if module.padding == "same":
-        total = [dl * (k - 1) for dl, k in zip(module.dilation, module.kernel_size)]
-        left = tuple(t // 2 for t in total)
-        extra = [t - 2 * lt for t, lt in zip(total, left)]
-        if any(extra):
-            x = F.pad(x, [p for e in reversed(extra) for p in (0, e)])
-        return x, left
-    return x, tuple(module.padding)  # type: ignore[arg-type]
+        Probes are the input channels of a batch-1 convolution whose output channels are
+        ``(n, o)``; then ``dW = (1/r) s . H``. Worth it while ``r <= C_in / groups``.
+        """
+        n, c_in, r = sketch.shape
+        if r > row_shape[1] // self.groups:
+            return None
+        c_out, out_sp = g.shape[1], g.shape[2:]
+        gk = g.reshape(1, n * c_out, *out_sp)
+        h = self.weight_grad(z.reshape(1, r, *row_shape[2:]), gk, groups=1)
+        h = h.reshape(n, c_out, r, self.kernel_numel)
+        full = torch.einsum("nij,nojk->oik", sketch, h).div_(r)
+        return self.weight_from_matrix(full.reshape(c_out, c_in * self.kernel_numel))
 
 
-def bind_conv(module: nn.Module, x: Tensor) -> tuple[Tensor, ConvOp]:
-    """Describe a ``nn.ConvNd`` applied to ``x``; returns the (possibly padded) input and op."""
-    assert isinstance(module, nn.modules.conv._ConvNd)
-    if module.transposed:
-        raise TypeError(f"{type(module).__name__}: transposed convolutions are not supported")
-    x, padding = _resolve_padding(module, x)
-    op = ConvOp(
-        dim=len(module.kernel_size),
-        kernel_size=tuple(module.kernel_size),
-        stride=tuple(module.stride),
-        padding=padding,
-        dilation=tuple(module.dilation),
-        groups=module.groups,
-    )
-    return x, op
+def bind_conv(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
+    """Describe a ``nn.ConvNd`` applied to ``x`` (same as ``ConvOp.bind``)."""
+    return ConvOp.bind(module, x)

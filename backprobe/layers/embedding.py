@@ -17,14 +17,38 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from backprobe.layers._base import LayerOp, register_op
 
+
+@register_op(nn.Embedding)
 @dataclass(frozen=True)
-class EmbeddingOp:
+class EmbeddingOp(LayerOp):
     """Lookup of ``num_embeddings`` rows of width ``embedding_dim``."""
 
     num_embeddings: int
     embedding_dim: int
     padding_idx: int | None
+
+    kind = "embedding"
+
+    @classmethod
+    def bind(cls, module: nn.Module, x: Tensor) -> tuple[Tensor, EmbeddingOp]:
+        """Return ``(indices, op)`` for an ``nn.Embedding`` applied to indices ``x``.
+
+        Raises:
+            ValueError: for ``scale_grad_by_freq=True`` (the gradient then depends on the
+                whole batch's index counts, so per-example terms are not defined) or
+                ``sparse=True``.
+        """
+        assert isinstance(module, nn.Embedding)
+        if module.scale_grad_by_freq:
+            raise ValueError(
+                "Embedding(scale_grad_by_freq=True) scales gradients by the batch's index "
+                "counts: per-example gradients are not defined. Use scale_grad_by_freq=False."
+            )
+        if module.sparse:
+            raise ValueError("Embedding(sparse=True) is not supported; use sparse=False.")
+        return x.detach(), cls(module.num_embeddings, module.embedding_dim, module.padding_idx)
 
     def _flat(self, idx: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         n = idx.shape[0]
@@ -58,19 +82,5 @@ class EmbeddingOp:
 
 
 def bind_embedding(module: nn.Module, idx: Tensor) -> tuple[Tensor, EmbeddingOp]:
-    """Return ``(indices, op)`` for an ``nn.Embedding`` applied to ``idx``.
-
-    Raises:
-        ValueError: for ``scale_grad_by_freq=True`` (the gradient then depends on the whole
-            batch's index counts, so per-example terms are not defined) or ``sparse=True``.
-    """
-    assert isinstance(module, nn.Embedding)
-    if module.scale_grad_by_freq:
-        raise ValueError(
-            "Embedding(scale_grad_by_freq=True) scales gradients by the batch's index counts: "
-            "per-example gradients are not defined. Use scale_grad_by_freq=False."
-        )
-    if module.sparse:
-        raise ValueError("Embedding(sparse=True) is not supported; use sparse=False.")
-    pad = module.padding_idx
-    return idx.detach(), EmbeddingOp(module.num_embeddings, module.embedding_dim, pad)
+    """Return ``(indices, op)`` for an ``nn.Embedding`` (same as ``EmbeddingOp.bind``)."""
+    return EmbeddingOp.bind(module, idx)

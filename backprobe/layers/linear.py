@@ -8,9 +8,12 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backprobe.layers._base import AffineOp, register_op
 
+
+@register_op(nn.Linear)
 @dataclass(frozen=True)
-class LinearOp:
+class LinearOp(AffineOp):
     """``y = x @ W.T + b`` on inputs ``[N, *, D_in]``.
 
     Canonical form: ``N`` examples (first dim), ``S`` = product of the middle dims.
@@ -20,11 +23,28 @@ class LinearOp:
 
     in_features: int
     out_features: int
+    groups: int = 1
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> LinearOp:
+        assert isinstance(module, nn.Linear)
+        return cls(module.in_features, module.out_features)
+
+    @property
+    def d_in(self) -> int:
+        return self.in_features
+
+    @property
+    def d_out(self) -> int:
+        return self.out_features
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
 
-    def backward(self, x, g, weight, input_shape, mask):  # noqa: D102 - see AffineOp
+    def backward(
+        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
+        mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         need_in, need_w, need_b = mask
         gi = (g @ weight.to(g.dtype)).reshape(input_shape) if need_in else None
         gw = self.weight_grad(x, g) if need_w and x is not None else None
@@ -45,6 +65,9 @@ class LinearOp:
     def weight_from_matrix(self, m: Tensor) -> Tensor:
         return m
 
+    def matrix_view(self, w: Tensor) -> Tensor:
+        return w
+
     def probe_view(self, x: Tensor, mode: str) -> Tensor:
         return x.reshape(-1, 1, x.shape[-1])
 
@@ -52,7 +75,6 @@ class LinearOp:
         return t.reshape(-1, t.shape[-1])
 
 
-def bind_linear(module: nn.Module, x: Tensor) -> tuple[Tensor, LinearOp]:
-    """Describe a ``nn.Linear`` applied to ``x``."""
-    assert isinstance(module, nn.Linear)
-    return x, LinearOp(module.in_features, module.out_features)
+def bind_linear(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
+    """Describe a ``nn.Linear`` applied to ``x`` (same as ``LinearOp.bind``)."""
+    return LinearOp.bind(module, x)

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-)
+from backprobe.layers._base import LayerOp, register_op
 
 
+# BatchNorm in eval mode is affine in its input; LayerNorm and GroupNorm are not.
+@register_op(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+@register_op(nn.LayerNorm, nn.GroupNorm, linear_in_input=False)
 @dataclass(frozen=True)
-class NormOp:
+class NormOp(LayerOp):
     """``y = weight * xhat + bias`` with the parameter broadcast over some output axes.
 
     Attributes:
@@ -40,6 +41,27 @@ class NormOp:
 
     layout: str
     param_shape: tuple[int, ...]
+
+    kind = "norm"
+
+    @classmethod
+    def bind(cls, module: nn.Module, x: Tensor) -> tuple[Tensor, NormOp]:
+        """Return ``(xhat, op)`` for a normalisation layer applied to ``x``.
+
+        ``xhat`` is detached: it does not depend on the layer's own parameters.
+
+        Raises:
+            ValueError: BatchNorm in train mode (or without running statistics).
+            TypeError: not a normalisation layer, or one without affine parameters.
+        """
+        if getattr(module, "weight", None) is None and getattr(module, "bias", None) is None:
+            raise TypeError(f"{type(module).__name__} has no affine parameters")
+        with torch.no_grad():
+            xhat = _normalised_input(module, x.detach())
+        if isinstance(module, nn.LayerNorm):
+            return xhat, cls("trailing", tuple(module.normalized_shape))
+        c: int = getattr(module, "num_features", None) or module.num_channels  # type: ignore[assignment]
+        return xhat, cls("channel", (c,))
 
     def reduce(self, t: Tensor, lead: int) -> Tensor:
         """Sum ``t`` of shape ``[*L, *out]`` (``lead`` leading dims) onto ``[*L, *param_shape]``."""
@@ -89,21 +111,5 @@ def _normalised_input(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def bind_norm(module: nn.Module, x: Tensor) -> tuple[Tensor, NormOp]:
-    """Return ``(xhat, op)`` for a normalisation layer applied to ``x``.
-
-    ``xhat`` is detached: it does not depend on the layer's own parameters.
-
-    Raises:
-        ValueError: BatchNorm in train mode (or without running statistics).
-        TypeError: not a normalisation layer, or one without affine parameters.
-    """
-    if getattr(module, "weight", None) is None and getattr(module, "bias", None) is None:
-        raise TypeError(f"{type(module).__name__} has no affine parameters")
-    with torch.no_grad():
-        xhat = _normalised_input(module, x.detach())
-    if isinstance(module, nn.LayerNorm):
-        op = NormOp("trailing", tuple(module.normalized_shape))
-    else:
-        c: int = getattr(module, "num_features", None) or module.num_channels  # type: ignore[assignment]
-        op = NormOp("channel", (c,))
-    return xhat, op
+    """Return ``(xhat, op)`` for a normalisation layer (same as ``NormOp.bind``)."""
+    return NormOp.bind(module, x)

@@ -1,16 +1,12 @@
 """Drop-in modules: estimated affine layers and compact activations.
 
-Every class subclasses its torch counterpart (same parameters, same ``state_dict``).
+Every class subclasses its torch counterpart (same parameters, same ``state_dict``). The
+affine ones (``Linear``, ``Conv2d``, ...) are generated for every registered affine op.
 """
 
-from backprobe.nn._affine import (
-    AFFINE_SWAPS,
-    Conv1d,
-    Conv2d,
-    Conv3d,
-    EstimatedLayer,
-    Linear,
-)
+from typing import Any
+
+from backprobe.nn._affine import AFFINE_SWAPS, EstimatedLayer, dropin
 from backprobe.nn._compact import (
     COMPACT_SWAPS,
     LeakyReLU,
@@ -22,8 +18,16 @@ from backprobe.nn._compact import (
     unpack_bits,
 )
 
+#: The generated drop-ins by name (``Linear``, ``Conv1d``, ...).
+DROPINS: dict[str, type[EstimatedLayer]] = {t.__name__: t for t in AFFINE_SWAPS.values()}
+globals().update(DROPINS)
+
+
+def __getattr__(name: str) -> Any:  # for type checkers: the drop-ins are generated
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "AFFINE_SWAPS", "COMPACT_SWAPS", "Conv1d", "Conv2d", "Conv3d", "EstimatedLayer",
-    "LeakyReLU", "Linear", "MaxPool1d", "MaxPool2d", "MaxPool3d", "ReLU", "pack_bits",
-    "unpack_bits",
+    "AFFINE_SWAPS", "COMPACT_SWAPS", "DROPINS", "EstimatedLayer", "LeakyReLU", "MaxPool1d",
+    "MaxPool2d", "MaxPool3d", "ReLU", "dropin", "pack_bits", "unpack_bits", *DROPINS,
 ]

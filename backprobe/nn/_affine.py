@@ -1,7 +1,9 @@
-"""Drop-in ``Linear`` and ``ConvNd`` whose weight gradient comes from an estimator.
+"""Drop-in affine layers whose weight gradient comes from an estimator, one per registered op.
 
-They are subclasses of the torch modules with the same parameters and ``state_dict`` keys;
-the estimator is a plain attribute that can be changed at any time (e.g. to anneal ``r``).
+Each is generated from the op registry (:data:`backprobe.layers.OPS`): for a registered
+affine module type ``T`` (``nn.Conv2d``, ...), ``backprobe.nn.T`` subclasses it with the
+same parameters and ``state_dict`` keys plus an ``estimator=`` keyword; the estimator is a
+plain attribute that can be changed at any time (e.g. to anneal ``r``).
 """
 
 from __future__ import annotations
@@ -11,16 +13,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backprobe.estimators._base import Estimator, estimated_affine
-from backprobe.estimators.exact import Exact
-from backprobe.layers import bind
-
-_EXACT = Exact()
+from backprobe.estimators._base import Estimator, choose, estimated_affine
+from backprobe.estimators.exact import EXACT
+from backprobe.layers import bind, module_types
 
 
 def _check_estimator(estimator: Any) -> Estimator:
     if estimator is None:
-        return _EXACT
+        return EXACT
     if not isinstance(estimator, Estimator):
         raise TypeError(
             "estimator must be a backprobe estimator (Exact, Probe, ...), "
@@ -32,17 +32,27 @@ def _check_estimator(estimator: Any) -> Estimator:
 class EstimatedLayer(nn.Module):
     """Mixin: the forward of a registered layer routed through its estimator.
 
-    Attributes:
+    Args:
+        *args, **kwargs: the torch module's own arguments.
         estimator: forms the weight gradient (default ``Exact``).
+
+    Attributes:
+        estimator: forms the weight gradient.
         last_path: ``"estimator"`` or ``"exact"``: what the last training forward used
             (probing falls back to exact for an input where it would keep at least as many
-            numbers as the input itself).
+            numbers as the input itself; see :func:`backprobe.estimators.choose`).
     """
 
     estimator: Estimator
     last_path: str | None
 
-    def _estimated_forward(self, x: Tensor) -> Tensor:
+    def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.estimator = _check_estimator(estimator)
+        self.last_path = None
+        self.estimator.attach(self)
+
+    def forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
             raise TypeError(
                 f"{type(self).__name__}: expected a floating-point input, got {x.dtype}"
@@ -52,69 +62,25 @@ class EstimatedLayer(nn.Module):
         bias: Tensor | None = self.bias  # type: ignore[assignment]
         if not (torch.is_grad_enabled() and weight.requires_grad):
             return op.forward(x, weight, bias)
-        est = self.estimator
-        if not est.worthwhile(op, x):
-            est, self.last_path = _EXACT, "exact"
-        else:
-            self.last_path = "estimator"
-            est = est.for_module(self)
+        est, fell_back = choose(self.estimator, op, x, self)
+        self.last_path = "exact" if fell_back else "estimator"
         return estimated_affine(x, weight, bias, op, est)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, estimator={self.estimator!r}"
 
 
-def _init(module: EstimatedLayer, estimator: Estimator | None) -> None:
-    module.estimator = _check_estimator(estimator)
-    module.last_path = None
-    module.estimator.attach(module)
+def dropin(torch_type: type[nn.Module]) -> type[EstimatedLayer]:
+    """The drop-in class for a registered affine module type (named after it)."""
+    name = torch_type.__name__
+    return type(name, (EstimatedLayer, torch_type), {
+        "__module__": "backprobe.nn",
+        "__qualname__": name,
+        "__doc__": f"``nn.{name}`` with ``estimator=`` (see :class:`backprobe.Probe`).",
+    })
 
 
-class Linear(EstimatedLayer, nn.Linear):
-    """``nn.Linear`` with ``estimator=`` (see :class:`backprobe.Probe`)."""
-
-    def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _init(self, estimator)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._estimated_forward(x)
-
-
-class Conv1d(EstimatedLayer, nn.Conv1d):
-    """``nn.Conv1d`` with ``estimator=``."""
-
-    def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _init(self, estimator)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._estimated_forward(x)
-
-
-class Conv2d(EstimatedLayer, nn.Conv2d):
-    """``nn.Conv2d`` with ``estimator=``."""
-
-    def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _init(self, estimator)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._estimated_forward(x)
-
-
-class Conv3d(EstimatedLayer, nn.Conv3d):
-    """``nn.Conv3d`` with ``estimator=``."""
-
-    def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _init(self, estimator)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._estimated_forward(x)
-
-
-#: torch type -> drop-in type
-AFFINE_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: Linear, nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d,
+#: torch type -> drop-in type, for every registered affine op (derived, never edited).
+AFFINE_SWAPS: dict[type[nn.Module], type[EstimatedLayer]] = {
+    t: dropin(t) for t in module_types("affine")
 }

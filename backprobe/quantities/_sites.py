@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from backprobe.layers import AffineOp
+
 #: Elements of per-example tensors materialised at once when only their reductions are needed.
 CHUNK_ELEMENTS = 1 << 24
 
@@ -112,8 +114,9 @@ class AffineSite(BoundSite):
 
     def __init__(self, params: dict[str, nn.Parameter], calls: Sequence[tuple[Tensor, Any]]):
         super().__init__(params, calls)
-        self.ops = [op for _, op in calls]
-        self.groups = int(getattr(self.ops[0], "groups", 1))
+        self.ops: list[AffineOp] = [op for _, op in calls]
+        self.op = self.ops[0]
+        self.groups = self.op.groups
         self.n = int(calls[0][0].shape[0])
         self._a: Tensor | None = None
 
@@ -131,7 +134,7 @@ class AffineSite(BoundSite):
         for g, op in zip(gs, self.ops):
             m, n = g.shape[:2]
             c = op.canonical_output_grad(g.flatten(0, 1))  # [M*N, S, D_out]
-            parts.append(c.reshape(m, n, c.shape[1], g_out(op, g)))
+            parts.append(c.reshape(m, n, c.shape[1], op.d_out))
         g = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return g.unflatten(-1, (self.groups, -1))
 
@@ -162,8 +165,7 @@ class AffineSite(BoundSite):
         """
         total = None
         for (x, op), g in zip(self.calls, gs):
-            fast = getattr(op, "per_example_weight_grad", None)
-            w = fast(x[sl], g[0]) if fast is not None else None
+            w = op.per_example_weight_grad(x[sl], g[0])
             if w is None:
                 return None
             total = w if total is None else total + w
@@ -175,8 +177,7 @@ class AffineSite(BoundSite):
             return None
         total = None
         for (x, op), g in zip(self.calls, gs):
-            fast = getattr(op, "input_second_moment", None)
-            m = fast(x.to(g.dtype), tuple(g.shape[3:])) if fast is not None else None
+            m = op.input_second_moment(x.to(g.dtype), tuple(g.shape[3:]))
             if m is None:
                 return None
             total = m if total is None else total + m
@@ -204,22 +205,22 @@ class AffineSite(BoundSite):
         m = gs[0].shape[0]
         bufs, out = out or {}, {}
         if "weight" in self.params:
-            shape = self.params["weight"].shape
             buf = bufs.get("weight")
+            view = None if buf is None else self.op.matrix_view(buf)
             direct = self._direct(gs, sl) if m == 1 and self._a is None else None
             if direct is not None:
                 out["weight"] = (direct if buf is None else buf.copy_(direct)).unsqueeze(0)
-            elif self.groups == 1 and buf is not None and m == 1:
-                w = self._weight_matrices(self._g(gs), sl, buf.view(buf.shape[0], shape[0], -1))
+            elif self.groups == 1 and buf is not None and view is not None and m == 1:
+                self._weight_matrices(self._g(gs), sl, view)
                 out["weight"] = buf.unsqueeze(0)
             elif self.groups == 1:
                 w = self._weight_matrices(self._g(gs), sl)
-                out["weight"] = w.transpose(0, 1).reshape(m, -1, *shape)
+                out["weight"] = self.op.weight_from_matrix(w.transpose(0, 1))
             else:
                 g = self._g(gs)
                 a = self.a[sl].to(g.dtype)
                 w = torch.einsum("mnsgo,nsgi->mngoi", g, a)
-                out["weight"] = w.reshape(m, -1, *shape)
+                out["weight"] = self.op.weight_from_blocks(w)
         if "bias" in self.params:
             out["bias"] = self._g(gs).sum(2).flatten(2)
         return out
@@ -232,6 +233,8 @@ class AffineSite(BoundSite):
         g = self._g(gs)
         if "weight" not in self.params or g.shape[0] != 1 or g.shape[2] != 1 or self.groups != 1:
             return None
+        if self.op.matrix_view(self.params["weight"].detach()) is None:
+            return None  # (delta, a) would factor a matrix that is not the weight's layout
         delta = g[0].flatten(1)
         out: dict[str, tuple[Tensor, ...]] = {
             "weight": (delta, self.a.flatten(1).to(delta.dtype))
@@ -256,10 +259,8 @@ class AffineSite(BoundSite):
         if "weight" in self.params:
             a = self.a.flatten(1).to(g.dtype)
             a2 = a.square()
-            shape = self.params["weight"].shape
-            out["weight"] = (
-                (g.T @ a).reshape(shape), (g2.T @ a2).reshape(shape), g2.sum(1) * a2.sum(1)
-            )
+            to_w = self.op.weight_from_matrix
+            out["weight"] = (to_w(g.T @ a), to_w(g2.T @ a2), g2.sum(1) * a2.sum(1))
         if "bias" in self.params:
             out["bias"] = (g.sum(0), g2.sum(0), g2.sum(1))
         return out
@@ -267,7 +268,7 @@ class AffineSite(BoundSite):
     def sq_norms(self, gs: Sequence[Tensor]) -> dict[str, Tensor]:
         g = self._g(gs)
         m, n, s, grp, d_out = g.shape
-        d_in = self.params["weight"][0].numel() if "weight" in self.params else 0
+        d_in = self.op.d_in // grp
         out = {}
         if "weight" in self.params:
             full = m * n * s * grp * d_in * d_out
@@ -293,13 +294,11 @@ class AffineSite(BoundSite):
             out["bias"] = b if batch else b.sum(0)
         if "weight" not in self.params:
             return out
-        shape = self.params["weight"].shape
+        to_w = self.op.weight_from_matrix
         if s == 1 and grp == 1:
             g2 = g.flatten(2).square()  # [M, N, D_out]
             a2 = self.a.flatten(1).to(g2.dtype).square()  # [N, D_in]
-            eq = "mno,ni->noi" if batch else "mno,ni->oi"
-            out["weight"] = torch.einsum(eq, g2, a2).reshape(-1, *shape) if batch else \
-                torch.einsum(eq, g2, a2).reshape(shape)
+            out["weight"] = to_w(torch.einsum("mno,ni->noi" if batch else "mno,ni->oi", g2, a2))
             return out
         if grp != 1:
             out["weight"] = super().diag(gs, batch)["weight"]
@@ -312,14 +311,14 @@ class AffineSite(BoundSite):
         for sl in self.chunks(gs):
             w = self._weight_matrices(g[:, sl], sl).square_().sum(1)  # [n, D_out, D_in]
             parts.append(w if batch else w.sum(0))
-        out["weight"] = torch.cat(parts).reshape(-1, *shape) if batch else \
-            torch.stack(parts).sum(0).reshape(shape)
+        out["weight"] = to_w(torch.cat(parts) if batch else torch.stack(parts).sum(0))
         return out
 
     def kron(self, gs: Sequence[Tensor], name: str) -> dict[str, list[Tensor]]:
-        if self.groups != 1 and "weight" in self.params:
+        if "weight" in self.params and self.op.matrix_view(self.params["weight"].detach()) is None:
             raise ValueError(
-                f"{name}: Kronecker factors are not defined for grouped convolution weights"
+                f"{name}: Kronecker factors need a weight laid out as the [D_out, D_in] matrix "
+                f"(not the case for {type(self.op).__name__} with groups={self.groups})"
             )
         g = self._g(gs)
         gbar = g.sum(2).flatten(0, 1).flatten(1)  # [M*N, D_out], summed over positions
@@ -334,11 +333,6 @@ class AffineSite(BoundSite):
         if "bias" in self.params:
             out["bias"] = [big_g]
         return out
-
-
-def g_out(op: Any, g: Tensor) -> int:
-    """Output features of a canonical output gradient (last dim for Linear, channels for conv)."""
-    return int(g.shape[-1]) if hasattr(op, "in_features") else int(g.shape[2])
 
 
 class NormSite(BoundSite):
@@ -412,3 +406,9 @@ class FuncSite(BoundSite):
             out = r if out is None else {k: out[k] + r[k] for k in out}
         assert out is not None
         return out
+
+
+#: The site class for each op kind (see :data:`backprobe.layers.KINDS`), and ``"func"``.
+SITES: dict[str, type[BoundSite]] = {
+    "affine": AffineSite, "norm": NormSite, "embedding": EmbeddingSite, "func": FuncSite,
+}

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from backprobe._random import private_generator
+from backprobe.layers import OPS
 from backprobe.quantities._base import Quantity
 from backprobe.quantities.curvature import DiagGGNExact
 
@@ -36,8 +37,11 @@ PIECEWISE_LINEAR: tuple[type[nn.Module], ...] = (
     nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.ZeroPad2d,
     nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.Sequential, nn.ModuleList,
 )
-_AFFINE_PARAM = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding,
-                 nn.modules.batchnorm._BatchNorm)
+
+
+def _linear_in_input() -> tuple[type[nn.Module], ...]:
+    """Registered parametrised modules whose output is affine in their input."""
+    return tuple(t for t, spec in OPS.items() if spec.linear_in_input)
 
 
 class DiagHessian(DiagGGNExact):
@@ -51,7 +55,7 @@ class DiagHessian(DiagGGNExact):
         for name, m in model.named_modules():
             if m is model and not isinstance(m, PIECEWISE_LINEAR):
                 continue  # the container itself
-            if isinstance(m, PIECEWISE_LINEAR + _AFFINE_PARAM):
+            if isinstance(m, PIECEWISE_LINEAR + _linear_in_input()):
                 continue
             if next(m.children(), None) is not None and not any(
                 True for _ in m.parameters(recurse=False)
