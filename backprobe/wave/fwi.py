@@ -277,8 +277,11 @@ class Precondition:
 class Misfit:
     """``v -> (f, g)``: the L2 misfit over shots and its (preconditioned) gradient.
 
-    ``f(v) = 1/2 sum_s ||F_s(v) - d_s||^2`` summed over every shot of every process;
-    ``g = P(df/dv)`` with ``P`` the optional :class:`Precondition`. Each call models this
+    ``f(v) = c/2 sum_s ||F_s(v) - d_s||^2`` summed over every shot of every process, with
+    ``c = 1`` or, when ``normalize`` (the default), ``c = 1 / sum_s ||d_s||^2``: the squared
+    misfit relative to the data's energy (``f = 1/2`` for zero predicted data), which makes
+    optimiser tolerances meaningful whatever the data's amplitude; ``g = P(df/dv)`` with
+    ``P`` the optional :class:`Precondition`. Each call models this
     process's shots in chunks of ``shots_per_batch`` (memory: one chunk's wavefield storage
     at a time), back-propagates each chunk's misfit through the imaging strategy, and sums;
     with a process group the local sums are all-reduced, so every process returns the same
@@ -292,8 +295,10 @@ class Misfit:
         precondition: gradient preconditioning, or ``None``.
         shots: the shots this process models (default: its :func:`shard` of all shots).
         group: the process group (default: the world, when one is initialised).
+        normalize: divide by the observed data's energy ``sum ||d||^2`` (all shots).
 
     Attributes:
+        scale: the factor ``c``.
         evaluations: calls so far.
         max_nbytes: the most bytes the imaging strategy held for one chunk so far.
         per_shot: the misfit of each local shot at the latest call (float64, ``[len(shots)]``).
@@ -305,7 +310,8 @@ class Misfit:
     def __init__(self, survey: Survey, observed: torch.Tensor, *, imaging: Any = None,
                  shots_per_batch: int | None = None, precondition: Precondition | None = None,
                  shots: Sequence[int] | None = None,
-                 group: torch.distributed.ProcessGroup | None = None) -> None:
+                 group: torch.distributed.ProcessGroup | None = None,
+                 normalize: bool = True) -> None:
         if tuple(observed.shape) != survey.data_shape():
             raise ValueError(f"observed must have shape [shots, n_rec, nt] = "
                              f"{list(survey.data_shape())}, got {list(observed.shape)}")
@@ -323,6 +329,11 @@ class Misfit:
         self.shots = list(shots)
         if any(not 0 <= s < survey.n_shots for s in self.shots):
             raise ValueError(f"shots must be in [0, {survey.n_shots}), got {self.shots}")
+        energy = float(observed.detach().double().pow(2).sum())
+        if normalize and not energy > 0:
+            raise ValueError("observed data are all zero: nothing to normalise by "
+                             "(pass normalize=False)")
+        self.scale = 1.0 / energy if normalize else 1.0
         self.evaluations = 0
         self.max_nbytes = 0
         self.per_shot = torch.zeros(len(self.shots), dtype=torch.float64)
@@ -344,12 +355,13 @@ class Misfit:
             vv = v.detach().clone().requires_grad_(True)
             pred = sub.model(vv, self.imaging, observed=obs)
             residual = pred - obs
-            loss = 0.5 * (residual * residual).sum()
+            loss = (0.5 * self.scale) * (residual * residual).sum()
             loss.backward()
             self.max_nbytes = max(self.max_nbytes, int(self.imaging.nbytes()))
             assert vv.grad is not None
             grad += vv.grad
-            per_shot.append(0.5 * residual.detach().double().pow(2).flatten(1).sum(1).cpu())
+            per_shot.append(0.5 * self.scale
+                            * residual.detach().double().pow(2).flatten(1).sum(1).cpu())
         self.per_shot = torch.cat(per_shot) if per_shot else torch.zeros(0, dtype=torch.float64)
         total = torch.tensor([float(self.per_shot.sum())], dtype=torch.float64, device=v.device)
         all_reduce_sum(total, self.group)
@@ -371,7 +383,8 @@ class FWIResult:
 
     Attributes:
         v: the inverted model.
-        history: the misfit at the start and after each iteration.
+        history: the misfit (normalised, see :class:`Misfit`) at the start and after each
+            iteration.
         model_errors: :func:`model_error` at the start and after each iteration (empty
             without ``v_true``).
         evaluations: misfit-and-gradient evaluations (line searches included).
@@ -411,7 +424,7 @@ def fwi(v0: torch.Tensor, survey: Survey, observed: torch.Tensor, *, imaging: An
         method: ``"spg"`` or ``"lbfgsb"`` (needs SciPy).
         shots_per_batch: shots per modelling call.
         precondition: gradient preconditioning.
-        first_step: SPG's first update size in m/s (largest cell); default 2 % of
+        first_step: the first update's size in m/s (largest cell); default 2 % of
             ``max(v0)``.
         memory: SPG's non-monotone memory or L-BFGS-B's number of corrections.
         v_true: the true model, to record :func:`model_error` per iteration.
@@ -462,7 +475,8 @@ def fwi(v0: torch.Tensor, survey: Survey, observed: torch.Tensor, *, imaging: An
         if callback is not None:
             callback(it, v, f)
 
+    step0 = first_step if first_step is not None else 0.02 * float(v0.max())
     v, history, _ = lbfgsb(misfit, v0, lower=lower, upper=upper, iterations=iterations,
-                           memory=memory, callback=on_iteration)
+                           memory=memory, first_step=step0, callback=on_iteration)
     return FWIResult(v=v, history=history, model_errors=errors,
                      evaluations=misfit.evaluations, max_nbytes=misfit.max_nbytes)

@@ -210,13 +210,18 @@ class SPG:
 
 
 def lbfgsb(fun: Objective, x0: torch.Tensor, *, lower: Bounds = None, upper: Bounds = None,
-           iterations: int = 20, memory: int = 10,
+           iterations: int = 20, memory: int = 10, first_step: float | None = None,
+           ftol: float = 1e-12, gtol: float = 0.0,
            callback: Callable[[int, torch.Tensor, float], None] | None = None,
            ) -> tuple[torch.Tensor, list[float], int]:
     """Minimise ``fun`` in a box with SciPy's L-BFGS-B (SciPy imported here).
 
-    SciPy works in float64 NumPy; ``fun`` receives tensors of ``x0``'s dtype and device.
-    Its line search needs several evaluations in some iterations, so evaluations > iterations.
+    SciPy works in float64 NumPy on the scaled variables ``z = x / scale``; ``fun`` receives
+    tensors of ``x0``'s dtype and device. L-BFGS-B's first trial step has unit length in
+    ``z``, so ``scale`` decides the size of the first update: with ``first_step`` it is chosen
+    so that the first trial moves the largest-gradient entry of ``x`` by ``first_step``
+    (without it, ``scale = 1``). Its line search needs several evaluations in some
+    iterations, so evaluations > iterations.
 
     Args:
         fun: ``x -> (f, g)``.
@@ -225,6 +230,10 @@ def lbfgsb(fun: Objective, x0: torch.Tensor, *, lower: Bounds = None, upper: Bou
         upper: upper bound.
         iterations: the most L-BFGS-B iterations.
         memory: number of correction pairs.
+        first_step: size of the first update's largest entry, in the units of ``x``.
+        ftol: SciPy's relative-decrease stopping tolerance (default: tiny, so that
+            ``iterations`` decides; SciPy's own default is about 2e-9).
+        gtol: SciPy's projected-gradient stopping tolerance (default 0, for the same reason).
         callback: called after each iteration with ``(iteration, x, f)``.
 
     Returns:
@@ -232,54 +241,67 @@ def lbfgsb(fun: Objective, x0: torch.Tensor, *, lower: Bounds = None, upper: Bou
         after each iteration, and the number of calls of ``fun``.
 
     Raises:
-        ValueError: for inconsistent bounds or ``iterations < 1``.
+        ValueError: for inconsistent bounds, ``iterations < 1`` or a non-positive
+            ``first_step``.
         ImportError: without SciPy.
     """
     _check_bounds(lower, upper)
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
+    if first_step is not None and not first_step > 0:
+        raise ValueError(f"first_step must be positive, got {first_step}")
     import numpy as np
     from scipy.optimize import Bounds as ScipyBounds
     from scipy.optimize import minimize
 
     shape, dtype, device = x0.shape, x0.dtype, x0.device
     n = x0.numel()
+    evaluations = 0
+    last: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def evaluate(x_np: np.ndarray) -> tuple[float, np.ndarray]:
+        """``fun`` at ``x`` (unscaled, float64 NumPy), the latest few values cached."""
+        nonlocal evaluations
+        key = x_np.tobytes()
+        if key not in last:
+            f, g = fun(torch.as_tensor(x_np, dtype=dtype, device=device).reshape(shape))
+            evaluations += 1
+            if len(last) > 4:
+                last.pop(next(iter(last)))
+            last[key] = (float(f), g.detach().double().reshape(-1).cpu().numpy())
+        return last[key]
+
+    start = project(x0.detach(), lower, upper).double().reshape(-1).cpu().numpy()
+    f0, g0 = evaluate(start)
+    history = [f0]
+    scale = 1.0
+    if first_step is not None and np.abs(g0).max() > 0:
+        scale = first_step * float(np.linalg.norm(g0)) / float(np.abs(g0).max())
 
     def bound(b: Bounds, default: float) -> np.ndarray:
         if b is None:
             return np.full(n, default)
         return torch.as_tensor(b, dtype=torch.float64).expand(shape).reshape(-1).cpu().numpy()
 
-    box = ScipyBounds(bound(lower, -np.inf), bound(upper, np.inf))
-    cache: dict[str, object] = {}
-    evaluations = 0
+    box = ScipyBounds(bound(lower, -np.inf) / scale, bound(upper, np.inf) / scale)
 
-    def wrapped(z: np.ndarray) -> tuple[float, np.ndarray]:
-        nonlocal evaluations
-        x = torch.as_tensor(z, dtype=dtype, device=device).reshape(shape)
-        f, g = fun(x)
-        evaluations += 1
-        cache[z.tobytes()] = float(f)
-        return float(f), g.detach().double().reshape(-1).cpu().numpy()
+    def scaled(z: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = evaluate(z * scale)
+        return f, g * scale
 
-    history: list[float] = []
-    start = project(x0.detach(), lower, upper).double().reshape(-1).cpu().numpy()
-    f0, _ = wrapped(start)
-    history.append(f0)
     count = 0
 
     def on_iteration(z: np.ndarray) -> None:
         nonlocal count
         count += 1
-        f = cache.get(z.tobytes())
-        if f is None:
-            f, _ = wrapped(z)
-        history.append(float(f))  # type: ignore[arg-type]
+        f, _ = evaluate(z * scale)
+        history.append(f)
         if callback is not None:
-            callback(count, torch.as_tensor(z, dtype=dtype).reshape(shape), float(f))  # type: ignore[arg-type]
+            callback(count, torch.as_tensor(z * scale, dtype=dtype).reshape(shape), f)
 
-    result = minimize(wrapped, start, jac=True, method="L-BFGS-B",
-                      bounds=box, callback=on_iteration,
-                      options={"maxiter": iterations, "maxcor": memory})
-    x = torch.as_tensor(result.x, dtype=dtype, device=device).reshape(shape)
+    result = minimize(scaled, start / scale, jac=True, method="L-BFGS-B", bounds=box,
+                      callback=on_iteration,
+                      options={"maxiter": iterations, "maxcor": memory, "ftol": ftol,
+                               "gtol": gtol})
+    x = torch.as_tensor(result.x * scale, dtype=dtype, device=device).reshape(shape)
     return x, history, evaluations

@@ -93,7 +93,7 @@ def test_lbfgsb_feasible_decreasing_and_optimal():
     assert hist[-1] < hist[0] and evals == len(calls)
     assert [it for it, _ in seen] == list(range(1, len(seen) + 1))
     # SciPy stops on its default relative decrease (ftol ~ 2e-9), so a looser match.
-    torch.testing.assert_close(x, _reference(h, b, lower, upper), rtol=0, atol=5e-4)
+    torch.testing.assert_close(x, _reference(h, b, lower, upper), rtol=0, atol=1e-5)
 
 
 def test_bad_arguments_raise():
