@@ -5,9 +5,21 @@ differentiable with respect to velocity and wavelet; the imaging strategy decide
 forward keeps and how backward forms the velocity gradient.
 """
 
+from backprobe.wave.checkpoint import Checkpoint
+from backprobe.wave.dft import DFT
 from backprobe.wave.exact import Exact
 from backprobe.wave.imaging import Imaging, ModellingInfo
 from backprobe.wave.modelling import model
+from backprobe.wave.time_probe import TimeProbe
 from backprobe.wave.wavelets import ricker
 
-__all__ = ["Exact", "Imaging", "ModellingInfo", "model", "ricker"]
+__all__ = [
+    "DFT",
+    "Checkpoint",
+    "Exact",
+    "Imaging",
+    "ModellingInfo",
+    "TimeProbe",
+    "model",
+    "ricker",
+]
