@@ -35,10 +35,11 @@ from backprobe.optim.storage import (
     LowRank,
     Partition,
     Storage,
-    low_rank,
     partition_batches,
 )
-from backprobe.optim.variance_reduced import SAG, SAGA, SAGALD, SVRG, SVRGLD, full_gradient
+from backprobe.optim.svrg import SVRG, SVRGLD, full_gradient
+from backprobe.optim.tables import low_rank
+from backprobe.optim.variance_reduced import SAG, SAGA, SAGALD
 
 __all__ = [
     "MALA", "SGLD", "ChainState", "MALAState", "UnderdampedLangevin", "minibatch_potential",

@@ -32,12 +32,13 @@ default mean reduction plus ``prior / N``); the sampler then multiplies the grad
 A mean-reduced loss without ``num_examples`` samples the posterior of a data set ``N`` times
 smaller (a tempered posterior), a common silent mistake.
 
-**Randomness.** Every sampler owns a ``torch.Generator`` (``generator=``: a generator, used as
-is, or an int seed); by default a private one seeded once, at construction, from the global
-RNG, so ``torch.manual_seed`` before construction makes a run reproducible and stepping never
-touches the global RNG. ``state_dict()`` / ``load_state_dict()`` carry the generator's state,
-the chain's counters (:class:`ChainState`, :class:`MALAState`) and per-parameter state
-(velocities, cached gradients): a restored chain continues exactly as the original would.
+**Randomness.** Every sampler owns a ``torch.Generator`` (``generator=``: a generator, used
+as is, or an int seed); by default a private one seeded once, at construction, from the
+global RNG, so ``torch.manual_seed`` before construction makes a run reproducible and
+stepping never touches the global RNG. ``state_dict()`` / ``load_state_dict()`` carry the
+generator's state, the chain's counters (:class:`ChainState`, :class:`MALAState`) and
+per-parameter state (velocities, cached gradients) under ``"backprobe"``: a restored chain
+continues exactly as the original would.
 
 References:
     Welling, M. & Teh, Y. W. (2011). Bayesian learning via stochastic gradient Langevin
@@ -65,12 +66,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from backprobe._random import private_generator
+from backprobe.optim._base import Optimizer, check, gaussian_like, make_generator
 
 __all__ = ["MALA", "SGLD", "ChainState", "MALAState", "UnderdampedLangevin", "minibatch_potential"]
 
@@ -105,7 +106,7 @@ def minibatch_potential(
             "batch_losses must be the non-empty 1-D tensor of per-example losses (use "
             f"reduction='none'), got shape {tuple(batch_losses.shape)}"
         )
-    _check_num_examples(num_examples)
+    check("num_examples", num_examples, "count")
     return batch_losses.sum() * (num_examples / batch_losses.numel()) + prior
 
 
@@ -140,89 +141,29 @@ class MALAState(ChainState):
         return self.accepted / self.step if self.step else math.nan
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+class _Langevin(Optimizer):
+    """Shared machinery: the generator, the chain's counters in the state round-trip."""
 
-
-def _check_nonnegative(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-def _check_num_examples(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"num_examples must be an int (the training-set size N), got {value!r}")
-    if value < 1:
-        raise ValueError(f"num_examples must be >= 1, got {value}")
-
-
-def _make_generator(generator: torch.Generator | int | None) -> torch.Generator:
-    if generator is None or (isinstance(generator, int) and not isinstance(generator, bool)):
-        return private_generator(generator)
-    if isinstance(generator, torch.Generator):
-        return generator
-    raise TypeError(
-        "generator must be a torch.Generator, an int seed or None, got "
-        f"{type(generator).__name__}"
-    )
-
-
-class _Langevin(torch.optim.Optimizer):
-    """Shared machinery: argument checks per group, the generator, state round-trips."""
-
-    #: group keys that must be finite and > 0 / >= 0 (checked for every parameter group)
-    _positive: tuple[str, ...] = ("lr",)
-    _nonnegative: tuple[str, ...] = ()
+    rules: ClassVar[dict[str, str]] = {"lr": "positive"}
     chain: ChainState
 
     def __init__(
         self, params: Iterable[Any], defaults: dict[str, Any],
         generator: torch.Generator | int | None,
     ) -> None:
-        self.generator = _make_generator(generator)
-        super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group after checking its hyper-parameters."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for key in self._positive:
-            _check_positive(key, group[key])
-        for key in self._nonnegative:
-            _check_nonnegative(key, group[key])
+        super().__init__(params, defaults, make_generator(generator, owner=type(self).__name__))
 
     def _noise(self, p: Tensor) -> Tensor:
         """Standard normal noise shaped like ``p``, from the sampler's generator."""
-        xi = torch.randn(
-            p.shape, generator=self.generator, dtype=p.dtype, device=self.generator.device
-        )
-        return xi.to(p.device)
+        assert self.generator is not None
+        return gaussian_like(p, self.generator)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Torch's optimizer state plus the chain's counters and the generator's state."""
-        sd = super().state_dict()
-        sd["chain"] = asdict(self.chain)
-        sd["generator"] = self.generator.get_state()
-        return sd
+    def _extra_state(self) -> dict[str, Any]:
+        return {**super()._extra_state(), "chain": asdict(self.chain)}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (the generator's state included)."""
-        state_dict = dict(state_dict)
-        chain = state_dict.pop("chain", None)
-        rng = state_dict.pop("generator", None)
-        if chain is None or rng is None:
-            raise ValueError(
-                f"not a {type(self).__name__} state dict: it lacks the 'chain' and 'generator' "
-                "entries that state_dict() writes"
-            )
-        super().load_state_dict(state_dict)
-        self.chain = type(self.chain)(**chain)
-        self.generator.set_state(rng)
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_state(extra)
+        self.chain = type(self.chain)(**extra["chain"])
 
 
 class SGLD(_Langevin):
@@ -269,7 +210,8 @@ class SGLD(_Langevin):
         10
     """
 
-    _nonnegative = ("temperature",)
+    rules: ClassVar[dict[str, str]] = {
+        "lr": "positive", "temperature": "nonnegative", "num_examples": "count"}
 
     def __init__(
         self, params: Iterable[Any], lr: float, *, num_examples: int | None = None,
@@ -278,13 +220,6 @@ class SGLD(_Langevin):
         self.chain = ChainState()
         defaults = {"lr": lr, "num_examples": num_examples, "temperature": temperature}
         super().__init__(params, defaults, generator)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group after checking its hyper-parameters."""
-        super().add_param_group(param_group)
-        n = self.param_groups[-1]["num_examples"]
-        if n is not None:
-            _check_num_examples(n)
 
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> Tensor | None:  # type: ignore[override]
@@ -537,8 +472,8 @@ class UnderdampedLangevin(_Langevin):
         torch.Size([2])
     """
 
-    _positive = ("lr", "friction", "mass")
-    _nonnegative = ("temperature",)
+    rules: ClassVar[dict[str, str]] = {
+        "lr": "positive", "friction": "positive", "mass": "positive", "temperature": "nonnegative"}
 
     def __init__(
         self, params: Iterable[Any], lr: float, *, friction: float = 1.0, mass: float = 1.0,

@@ -46,107 +46,24 @@ Dynamics", NeurIPS 2016) sample ``pi(theta) ∝ exp(-U(theta) / T)`` with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from backprobe._random import private_generator
-from backprobe.optim.storage import (
-    BatchGradients,
-    Factored,
-    LowRank,
-    Partition,
-    Storage,
-    Table,
-    group_sizes,
-    make_tables,
-    slot_count,
-    table_from_state,
-)
+from backprobe.optim._base import DirectionStepper, check
+from backprobe.optim.storage import Factored, LowRank, Partition, Storage, group_sizes, slot_count
+from backprobe.optim.svrg import SVRG, SVRGLD, full_gradient
+from backprobe.optim.tables import BatchGradients, Table, make_tables, table_from_state
 from backprobe.quantities import BatchGrad, BatchGradFactors, record
+
+__all__ = ["SAG", "SAGA", "SAGALD", "SVRG", "SVRGLD", "full_gradient"]
 
 _RECORDED = ("grad_batch", "grad_batch_factors")
 
 
-def _check_common(lr: float, momentum: float, weight_decay: float, nesterov: bool) -> None:
-    if not (isinstance(lr, (int, float)) and lr >= 0):
-        raise ValueError(f"lr must be a non-negative number, got {lr!r}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if nesterov and momentum <= 0:
-        raise ValueError("nesterov=True needs momentum > 0")
-
-
-class _Stepper(torch.optim.Optimizer):
-    """The shared update ``theta <- theta - lr * v`` with SGD's momentum and weight decay."""
-
-    langevin = False
-
-    def __init__(
-        self, params: Iterable[Any], *, lr: float, momentum: float, nesterov: bool,
-        weight_decay: float, seed: int | None, extra_defaults: dict[str, Any] | None,
-    ) -> None:
-        _check_common(lr, momentum, weight_decay, nesterov)
-        defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov,
-                    "weight_decay": weight_decay, **(extra_defaults or {})}
-        super().__init__(params, defaults)
-        self.generator = private_generator(seed)
-
-    def _flat(self) -> list[Tensor]:
-        return [p for g in self.param_groups for p in g["params"]]
-
-    def _update(self, directions: dict[int, Tensor]) -> None:
-        for group in self.param_groups:
-            lr, mom = group["lr"], group.get("momentum", 0.0)
-            for p in group["params"]:
-                d = directions.get(id(p))
-                if d is None:
-                    continue
-                if group.get("weight_decay", 0.0):
-                    d = d + group["weight_decay"] * p
-                if mom:
-                    st = self.state[p]
-                    buf = st.get("momentum_buffer")
-                    if buf is None:
-                        buf = st["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(mom).add_(d)
-                    d = d + mom * buf if group["nesterov"] else buf
-                if self.langevin:
-                    noise = torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
-                    p.add_(d, alpha=-lr * group["num_examples"])
-                    p.add_(noise.to(p.device), alpha=math.sqrt(2 * lr * group["temperature"]))
-                else:
-                    p.add_(d, alpha=-lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        """``torch.optim`` state plus the private generator (and tables, where kept)."""
-        sd = super().state_dict()
-        sd["backprobe"] = self._extra_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("backprobe", None)
-        if extra is None:
-            raise ValueError("state_dict has no 'backprobe' entry: not from this optimizer")
-        super().load_state_dict(state_dict)
-        self._load_extra_state(extra)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        self.generator.set_state(extra["generator"])
-
-
-class _TableMethod(_Stepper):
+class _TableMethod(DirectionStepper):
     """SAG and SAGA: a table of per-example gradients, see the module docstring."""
 
     refresh_first = False  # SAG: update the table before forming the direction
@@ -154,19 +71,19 @@ class _TableMethod(_Stepper):
     def __init__(
         self, params: Iterable[Any], lr: float, num_examples: int, *,
         storage: Storage | None = None, reduction: str = "mean", momentum: float = 0.0,
-        nesterov: bool = False, weight_decay: float = 0.0, seed: int | None = None,
+        nesterov: bool = False, weight_decay: float = 0.0,
+        generator: torch.Generator | int | None = None, seed: int | None = None,
         extra_defaults: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(num_examples, int) or isinstance(num_examples, bool) \
-                or num_examples < 1:
-            raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
+        check("num_examples", num_examples, "count")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         storage = Factored() if storage is None else storage
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be a backprobe.optim storage spec, got {storage!r}")
         super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, seed=seed, extra_defaults=extra_defaults)
+                         weight_decay=weight_decay, generator=generator, seed=seed,
+                         extra_defaults=extra_defaults)
         self.num_examples = num_examples
         self.storage = storage
         self.reduction = reduction
@@ -342,7 +259,9 @@ class SAGA(_TableMethod):
         momentum: SGD momentum on the direction; ``nesterov`` for Nesterov momentum.
         nesterov: Nesterov momentum ("Nesterov SAGA").
         weight_decay: L2 term added to the direction.
-        seed: seed of the private generator (randomized SVD of ``LowRank``).
+        generator: the private generator (randomized SVD of ``LowRank``): a
+            ``torch.Generator``, an int seed, or ``None`` (seeded once from the global RNG).
+        seed: deprecated int ``generator``.
 
     Example:
         >>> import torch
@@ -383,7 +302,8 @@ class SAGALD(_TableMethod):
         storage: as :class:`SAGA`.
         reduction: as :class:`SAGA`.
         temperature: ``T`` (``1`` samples the posterior).
-        seed: seed of the private generator (noise and randomized SVD).
+        generator: the private generator (noise and randomized SVD), as :class:`SAGA`.
+        seed: deprecated int ``generator``.
     """
 
     langevin = True
@@ -391,144 +311,8 @@ class SAGALD(_TableMethod):
     def __init__(
         self, params: Iterable[Any], lr: float, num_examples: int, *,
         storage: Storage | None = None, reduction: str = "mean", temperature: float = 1.0,
-        seed: int | None = None,
+        generator: torch.Generator | int | None = None, seed: int | None = None,
     ) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
         super().__init__(params, lr, num_examples, storage=storage, reduction=reduction,
-                         seed=seed, extra_defaults={"temperature": temperature,
-                                                    "num_examples": num_examples})
-
-
-class SVRG(_Stepper):
-    """SVRG: ``d = grad f_B(theta) - grad f_B(theta~) + grad F(theta~)``, no table.
-
-    Args:
-        params: parameters or parameter groups.
-        lr: step size.
-        full_gradient: called with gradients zeroed; must accumulate ``grad F`` (the mean
-            over the data set) into ``.grad``, in batches (see :func:`full_gradient`).
-        snapshot_every: steps between snapshots (e.g. the batches per epoch); the first step
-            takes one.
-        momentum: SGD momentum on the direction.
-        nesterov: Nesterov momentum.
-        weight_decay: L2 term added to the direction.
-        seed: seed of the private generator.
-
-    ``step(closure)``: ``closure`` zeroes the gradients, computes the batch loss (mean over
-    the batch), calls ``backward`` and returns the loss; it is evaluated at ``theta`` and at
-    the snapshot. Afterwards ``.grad`` holds the gradient at ``theta``.
-    """
-
-    def __init__(
-        self, params: Iterable[Any], lr: float, *, full_gradient: Callable[[], Any],
-        snapshot_every: int, momentum: float = 0.0, nesterov: bool = False,
-        weight_decay: float = 0.0, seed: int | None = None,
-        extra_defaults: dict[str, Any] | None = None,
-    ) -> None:
-        if not callable(full_gradient):
-            raise TypeError("full_gradient must be a callable that accumulates grad F in .grad")
-        if not isinstance(snapshot_every, int) or snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be a positive int, got {snapshot_every!r}")
-        super().__init__(params, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, seed=seed, extra_defaults=extra_defaults)
-        self.full_gradient = full_gradient
-        self.snapshot_every = snapshot_every
-        self.steps = 0
-
-    @torch.no_grad()
-    def snapshot(self) -> None:
-        """Take ``theta~ = theta`` and ``mu = grad F(theta~)`` now."""
-        params = self._flat()
-        for p in params:
-            p.grad = None
-        with torch.enable_grad():
-            self.full_gradient()
-        for p in params:
-            st = self.state[p]
-            st["snapshot"] = p.detach().clone()
-            st["full_grad"] = torch.zeros_like(p) if p.grad is None else p.grad.clone()
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
-        """One SVRG step on the batch ``closure`` evaluates; returns its loss at ``theta``."""
-        if closure is None:
-            raise ValueError("SVRG.step needs a closure (it evaluates the batch twice)")
-        if self.steps % self.snapshot_every == 0:
-            self.snapshot()
-        self.steps += 1
-        params = self._flat()
-        with torch.enable_grad():
-            loss = closure()
-        grads = [None if p.grad is None else p.grad.clone() for p in params]
-        current = [p.detach().clone() for p in params]
-        for p in params:
-            p.copy_(self.state[p]["snapshot"])
-        with torch.enable_grad():
-            closure()
-        directions = {}
-        for p, g, x in zip(params, grads, current):
-            p.copy_(x)
-            if g is None:
-                p.grad = None
-                continue
-            g_snap = torch.zeros_like(p) if p.grad is None else p.grad
-            directions[id(p)] = g - g_snap + self.state[p]["full_grad"]
-            p.grad = g
-        self._update(directions)
-        return loss
-
-    def _extra_state(self) -> dict[str, Any]:
-        extra = super()._extra_state()
-        extra["steps"] = self.steps
-        return extra
-
-    def _load_extra_state(self, extra: dict[str, Any]) -> None:
-        super()._load_extra_state(extra)
-        self.steps = int(extra["steps"])
-
-
-class SVRGLD(SVRG):
-    """SVRG-LD: Langevin dynamics with SVRG's gradient estimate (Dubey et al. 2016).
-
-    ``theta <- theta - lr * N * d + sqrt(2 * lr * temperature) * xi``; arguments as
-    :class:`SVRG` plus ``num_examples`` (``N``) and ``temperature``. The closure's loss is
-    ``F``'s batch estimate (see :class:`SAGALD`).
-    """
-
-    langevin = True
-
-    def __init__(
-        self, params: Iterable[Any], lr: float, num_examples: int, *,
-        full_gradient: Callable[[], Any], snapshot_every: int, temperature: float = 1.0,
-        seed: int | None = None,
-    ) -> None:
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-        if not isinstance(num_examples, int) or num_examples < 1:
-            raise ValueError(f"num_examples must be a positive int, got {num_examples!r}")
-        super().__init__(params, lr, full_gradient=full_gradient, snapshot_every=snapshot_every,
-                         seed=seed, extra_defaults={"temperature": temperature,
-                                                    "num_examples": num_examples})
-
-
-def full_gradient(
-    model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-    batches: Iterable[tuple[Tensor, Tensor]], num_examples: int,
-) -> Callable[[], None]:
-    """A ``full_gradient`` callable for :class:`SVRG`: ``grad F`` accumulated batch by batch.
-
-    Args:
-        model: the model.
-        loss_fn: mean-reduced loss ``loss_fn(output, target)``.
-        batches: re-iterable ``(x, y)`` batches covering the data set once (a list or a
-            ``DataLoader``).
-        num_examples: ``N``; each batch's mean loss is weighted by ``len(x) / N``.
-    """
-
-    def run() -> None:
-        for x, y in batches:
-            (loss_fn(model(x), y) * (len(x) / num_examples)).backward()
-
-    return run
+                         generator=generator, seed=seed,
+                         extra_defaults={"temperature": temperature, "num_examples": num_examples})

@@ -267,7 +267,7 @@ def test_state_dict_round_trip_continues_identically(name):
         b2.copy_(saved_params[1])
     fresh = make(name, a2, b2, 999)
     fresh.load_state_dict(saved_state)
-    assert fresh.chain == type(fresh.chain)(**saved_state["chain"])
+    assert fresh.chain == type(fresh.chain)(**saved_state["backprobe"]["chain"])
     assert torch.equal(trajectory(fresh, a2, b2, 7), expected)
     assert fresh.chain == opt.chain
 

@@ -267,7 +267,7 @@ def test_state_dict_round_trip_resumes_identically():
 
     def make(m):
         return SAGA(m.parameters(), lr=0.2, num_examples=N, storage=storage, momentum=0.5,
-                    seed=3)
+                    generator=3)
 
     full = _run(make, BATCHES)
     model = _model()
@@ -367,12 +367,12 @@ def _gaussian_chain(kind: str, steps: int) -> tuple[torch.Tensor, float, float]:
 
     lr = 0.002
     if kind == "saga":
-        opt = SAGALD([theta], lr=lr, num_examples=n, storage=Dense(), seed=0)
+        opt = SAGALD([theta], lr=lr, num_examples=n, storage=Dense(), generator=0)
     else:
         fg = full_gradient(model, lambda _o, i: batch_loss(i), [(torch.zeros(n, d),
                                                                  torch.arange(n))], n)
         opt = SVRGLD([theta], lr=lr, num_examples=n, full_gradient=fg, snapshot_every=10,
-                     seed=0)
+                     generator=0)
     gen = torch.Generator().manual_seed(1)
     samples = []
     with torch.no_grad():
@@ -457,3 +457,27 @@ def test_dense_storage_records_batch_grad():
     got = _run(lambda m: SAGA(m.parameters(), lr=0.1, num_examples=N, storage=Dense()),
                BATCHES[:1])
     assert got[0].isfinite().all()
+
+
+def test_seed_is_deprecated_and_means_generator():
+    """seed= still works (DeprecationWarning) and draws exactly what generator= does."""
+    def run(**kw):
+        theta = torch.zeros(3, requires_grad=True)
+        opt = SAGALD([theta], lr=0.01, num_examples=4, storage=Dense(), **kw)
+        for step in range(3):
+            idx = torch.tensor([step % 4])
+            with opt.record(nn.Sequential()):
+                pass
+            theta.grad_batch = theta.detach().unsqueeze(0) - 1.0
+            theta.grad = theta.grad_batch[0].clone()
+            opt.step(idx)
+        return theta.detach()
+
+    with pytest.warns(DeprecationWarning, match="generator="):
+        old = run(seed=5)
+    assert torch.equal(old, run(generator=5))
+    assert torch.equal(old, run(generator=torch.Generator().manual_seed(5)))
+    with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+        SAGA([torch.zeros(1, requires_grad=True)], lr=0.1, num_examples=2, seed=1, generator=1)
+    with pytest.raises(ValueError, match="nesterov"):
+        SAGA([torch.zeros(1, requires_grad=True)], lr=0.1, num_examples=2, nesterov=True)
