@@ -62,9 +62,9 @@ def trace(
 
     Example:
         >>> a = torch.diag(torch.linspace(1, 2, 100, dtype=torch.float64))
-        >>> est = trace(a, 20, method="xtrace", generator=0)
-        >>> round(est.value, 6), est.num_matvecs
-        (150.0, 20)
+        >>> est = trace(a, 20, method="auto", generator=0)
+        >>> round(est.value, 6), est.num_matvecs, est.method  # flat: Hutchinson, exact here
+        (150.0, 20, 'auto:hutchinson')
     """
     kw: dict[str, Any] = {"distribution": distribution, "generator": generator}
     adaptive = {"rtol": rtol, "atol": atol, "max_matvecs": max_matvecs}
