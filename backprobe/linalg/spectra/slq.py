@@ -1,5 +1,7 @@
-"""Spectral density by stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru, Chen &
-Saad 2017; as PyHessian, Yao et al. 2020, computes Hessian spectra).
+"""Spectral density by stochastic Lanczos quadrature.
+
+Golub & Meurant 2010; Ubaru, Chen & Saad 2017; as PyHessian (Yao et al. 2020) computes
+Hessian spectra.
 
 For a unit probe ``v``, ``m`` Lanczos steps give ``T = Y diag(theta) Y^T``; the Gauss
 quadrature ``sum_j tau_j delta(lambda - theta_j)`` with ``tau_j = Y[0, j]^2`` matches the
