@@ -132,7 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the memory table asked for (and write its JSON)."""
     if args.vr:
-        from backprobe.optim.vr_memory import PAPER_TABLE, format_vr_table
+        from backprobe.app.vr_table import PAPER_TABLE, format_vr_table
 
         all_ = args.model is None or args.model.lower() == "all"
         print(format_vr_table(list(PAPER_TABLE) if all_ else [args.model], args.examples))

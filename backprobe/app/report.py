@@ -32,30 +32,26 @@ def table(rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None, *,
     Args:
         rows: cells as strings; every row has the header's length.
         right: ``right[i]`` right-aligns column ``i`` (default: all left-aligned).
-        markdown: a GitHub markdown table (``| a | b |``) instead of aligned plain text.
+        markdown: a GitHub markdown table (``| a | b |``, cells unpadded, alignment in the
+            rule row) instead of aligned plain text.
 
     Returns:
-        The table, lines joined by newlines (a dashed rule under the header).
+        The table, lines joined by newlines (a rule under the header).
 
     Raises:
         ValueError: if ``rows`` is empty or rows differ in length.
     """
     if not rows or any(len(r) != len(rows[0]) for r in rows):
         raise ValueError("table: rows must be non-empty and all of the header's length")
+    align = list(right) if right is not None else [False] * len(rows[0])
+    if markdown:  # unpadded cells; the rule row carries the alignment
+        rule = "|" + "|".join("---:" if a else "---" for a in align) + "|"
+        lines = ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join([lines[0], rule, *lines[1:]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    align = list(right) if right is not None else [False] * len(widths)
-    lines = []
-    for k, row in enumerate(rows):
-        cells = [c.rjust(w) if a else c.ljust(w) for c, w, a in zip(row, widths, align)]
-        rule = ["-" * w for w in widths]
-        if markdown:
-            lines.append("| " + " | ".join(cells) + " |")
-            if k == 0:
-                lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        else:
-            lines.append("  ".join(cells).rstrip())
-            if k == 0:
-                lines.append("  ".join(rule))
+    lines = ["  ".join(c.rjust(w) if a else c.ljust(w)
+                       for c, w, a in zip(row, widths, align)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 

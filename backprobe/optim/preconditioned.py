@@ -29,7 +29,7 @@ Training loop::
         opt.step()
 
 ``state_dict()``/``load_state_dict()`` round-trip everything, including the Monte-Carlo
-quantity's private random generator.
+quantity's private random generator (``generator=``, as every backprobe optimizer).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from backprobe.optim._base import Optimizer, add_weight_decay, apply_momentum, make_generator
 from backprobe.quantities import (
     KFAC,
     KFLR,
@@ -75,6 +76,14 @@ def _to_dict(state: Any) -> dict[str, Any]:
     return {f.name: getattr(state, f.name) for f in fields(state)}
 
 
+def _monte_carlo(make: Callable[[int], Quantity], generator: torch.Generator | int | None,
+                 seed: int | None, owner: str) -> Quantity:
+    """A Monte-Carlo quantity drawing from the generator ``generator``/``seed`` describe."""
+    quantity = make(0)
+    quantity.generator = make_generator(generator, seed, owner=owner)  # type: ignore[attr-defined]
+    return quantity
+
+
 def _missing(p: Tensor, source: str) -> RuntimeError:
     return RuntimeError(
         f"parameter of shape {tuple(p.shape)} has no '{source}': run the backward pass "
@@ -92,17 +101,21 @@ class DiagonalPreconditioner:
         beta: running-average coefficient (``0`` uses the current batch only).
         exponent: ``1`` for curvature, ``0.5`` for the second moment.
         mc_samples: Monte-Carlo samples for ``diag_ggn_mc``.
-        seed: seed of the MC quantity's private generator.
+        generator: the MC quantity's generator: a ``torch.Generator``, an int seed, or
+            ``None`` (seeded once from the global RNG).
+        seed: deprecated int ``generator``.
     """
 
     state_type = DiagonalState
 
     def __init__(
         self, source: str = "diag_ggn_mc", damping: float = 1e-3, beta: float = 0.95,
-        exponent: float = 1.0, mc_samples: int = 1, seed: int | None = None,
+        exponent: float = 1.0, mc_samples: int = 1,
+        generator: torch.Generator | int | None = None, seed: int | None = None,
     ) -> None:
         makers: dict[str, Callable[[], Quantity]] = {
-            "diag_ggn_mc": lambda: DiagGGNMC(mc_samples, seed=seed),
+            "diag_ggn_mc": lambda: _monte_carlo(lambda s: DiagGGNMC(mc_samples, seed=s),
+                                                generator, seed, type(self).__name__),
             "diag_ggn_exact": DiagGGNExact,
             "sum_grad_squared": SumGradSquared,
         }
@@ -139,14 +152,16 @@ class KroneckerPreconditioner:
         beta: running-average coefficient of the factors.
         update_every: refresh the inverses every this many steps.
         mc_samples: Monte-Carlo samples for ``kfac``.
-        seed: seed of the MC quantity's private generator.
+        generator: the MC quantity's generator, as :class:`DiagonalPreconditioner`.
+        seed: deprecated int ``generator``.
     """
 
     state_type = KroneckerState
 
     def __init__(
         self, source: str = "kfac", damping: float = 1e-3, beta: float = 0.95,
-        update_every: int = 1, mc_samples: int = 1, seed: int | None = None,
+        update_every: int = 1, mc_samples: int = 1,
+        generator: torch.Generator | int | None = None, seed: int | None = None,
     ) -> None:
         if source not in ("kfac", "kflr"):
             raise ValueError(f"source must be 'kfac' or 'kflr', got {source!r}")
@@ -154,7 +169,8 @@ class KroneckerPreconditioner:
             raise ValueError(f"update_every must be >= 1, got {update_every}")
         self.source, self.damping, self.beta = source, damping, beta
         self.update_every = update_every
-        self.quantity: Quantity = KFAC(mc_samples, seed=seed) if source == "kfac" else KFLR()
+        self.quantity: Quantity = KFLR() if source == "kflr" else _monte_carlo(
+            lambda s: KFAC(mc_samples, seed=s), generator, seed, type(self).__name__)
 
     def update(self, p: Tensor, state: KroneckerState, step: int) -> None:
         """Fold the factors on ``p`` into the running averages; refresh inverses if due."""
@@ -185,7 +201,7 @@ class KroneckerPreconditioner:
 Preconditioner = DiagonalPreconditioner | KroneckerPreconditioner
 
 
-class PreconditionedSGD(torch.optim.Optimizer):
+class PreconditionedSGD(Optimizer):
     """SGD on a preconditioned gradient (see the module docstring for the update).
 
     Args:
@@ -206,13 +222,16 @@ class PreconditionedSGD(torch.optim.Optimizer):
         >>> opt.step()
     """
 
+    rules: ClassVar[dict[str, str]] = {
+        "lr": "positive", "momentum": "fraction", "weight_decay": "nonnegative"}
+
     def __init__(
         self, params: Iterable[Any], lr: float, preconditioner: Preconditioner,
         momentum: float = 0.0, weight_decay: float = 0.0,
     ) -> None:
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        # the only randomness is the Monte-Carlo quantity's: its generator is checkpointed
+        super().__init__(params, defaults, getattr(preconditioner.quantity, "generator", None))
         self.preconditioner = preconditioner
 
     def quantities(self) -> list[Quantity]:
@@ -243,57 +262,35 @@ class PreconditionedSGD(torch.optim.Optimizer):
                 typed = self.typed_state(p)
                 pre.update(p, typed, step)  # type: ignore[arg-type]
                 raw.update(_to_dict(typed))
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
+                grad = add_weight_decay(p.grad, p, group["weight_decay"])
                 d = pre.direction(p, typed, grad)  # type: ignore[arg-type]
-                if group["momentum"]:
-                    buf = raw.get("momentum_buffer")
-                    if buf is None:
-                        buf = raw["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(group["momentum"]).add_(d)
-                    d = buf
+                d = apply_momentum(raw, d, group["momentum"])
                 p.add_(d, alpha=-group["lr"])
                 raw["step"] = step + 1
         return loss
 
-    def state_dict(self) -> dict[str, Any]:
-        """Torch's optimizer state plus the MC quantity's generator state."""
-        sd = super().state_dict()
-        gen = getattr(self.preconditioner.quantity, "generator", None)
-        if gen is not None:
-            sd["quantity_rng"] = gen.get_state()
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        state_dict = dict(state_dict)
-        rng = state_dict.pop("quantity_rng", None)
-        super().load_state_dict(state_dict)
-        gen = getattr(self.preconditioner.quantity, "generator", None)
-        if rng is not None and gen is not None:
-            gen.set_state(rng)
-
 
 def diag_ggn_sgd(
     params: Iterable[Any], lr: float, exact: bool = False, damping: float = 1e-3,
-    beta: float = 0.95, momentum: float = 0.0, seed: int | None = None,
+    beta: float = 0.95, momentum: float = 0.0, generator: torch.Generator | int | None = None,
+    seed: int | None = None,
 ) -> PreconditionedSGD:
-    """SGD preconditioned by the (MC or exact) GGN diagonal."""
+    """SGD preconditioned by the (MC or exact) GGN diagonal (``seed``: deprecated ``generator``)."""
     source = "diag_ggn_exact" if exact else "diag_ggn_mc"
-    pre = DiagonalPreconditioner(source, damping=damping, beta=beta, seed=seed)
+    pre = DiagonalPreconditioner(source, damping=damping, beta=beta, generator=generator,
+                                 seed=seed)
     return PreconditionedSGD(params, lr, pre, momentum=momentum)
 
 
 def kfac_sgd(
     params: Iterable[Any], lr: float, exact: bool = False, damping: float = 1e-3,
-    beta: float = 0.95, update_every: int = 1, momentum: float = 0.0, seed: int | None = None,
+    beta: float = 0.95, update_every: int = 1, momentum: float = 0.0,
+    generator: torch.Generator | int | None = None, seed: int | None = None,
 ) -> PreconditionedSGD:
-    """SGD preconditioned by KFAC (or KFLR with ``exact=True``)."""
+    """SGD preconditioned by KFAC (or KFLR with ``exact=True``; ``seed``: deprecated)."""
     pre = KroneckerPreconditioner(
         "kflr" if exact else "kfac", damping=damping, beta=beta, update_every=update_every,
-        seed=seed,
+        generator=generator, seed=seed,
     )
     return PreconditionedSGD(params, lr, pre, momentum=momentum)
 

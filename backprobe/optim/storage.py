@@ -35,8 +35,10 @@ in group ``k = i // M``: *partition sampling* draws whole groups as batches
 (:func:`partition_batches`), and then the slot is the group's gradient, read from ``p.grad``
 when no per-example gradient was recorded (no per-example work at all).
 
-Memory is accounted exactly: :meth:`Table.nbytes` is the bytes of the tensors the table
-holds, and :func:`backprobe.optim.vr_memory.storage_bytes` predicts it from the model.
+Memory is accounted exactly: ``Table.nbytes`` (:mod:`backprobe.optim.tables`) is the bytes
+of the tensors a table holds; tables are laid out by :func:`table_kind` and
+:func:`backprobe.optim.vr_memory.storage_bytes` counts with the same rule
+(:func:`entry_numbers`), so it predicts those bytes from the model.
 """
 
 from __future__ import annotations
@@ -79,10 +81,11 @@ class LowRank(Storage):
 
     def __post_init__(self) -> None:
         for name in ("rank", "oversample", "power_iters"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "rank" else 0):
-                raise ValueError(f"LowRank: {name} must be an int >= "
-                                 f"{1 if name == 'rank' else 0}, got {v!r}")
+            v, low = getattr(self, name), 1 if name == "rank" else 0
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"LowRank: {name} must be an int, got {v!r}")
+            if v < low:
+                raise ValueError(f"LowRank: {name} must be >= {low}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Partition(Storage):
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise ValueError(f"Partition: size must be a positive int, got {self.size!r}")
+        if isinstance(self.inner, Partition):
+            raise ValueError(f"Partition cannot nest another Partition, got inner={self.inner!r}")
         if not isinstance(self.inner, (Dense, LowRank)):
             raise ValueError(
                 f"Partition: inner must be Dense() or LowRank(r), got {self.inner!r}; a group's "

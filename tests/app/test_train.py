@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from backprobe import Exact, Probe
-from backprobe.app.spec import SPECS, SpecFamily, grammar, parse_estimator, parse_list, register
 from backprobe.app.compare import compare
 from backprobe.app.memory import memory_report
+from backprobe.app.spec import SPECS, SpecFamily, grammar, parse_estimator, parse_list, register
 from backprobe.app.training import TrainConfig, load_data, train
 from backprobe.app.variance import variance_study
 

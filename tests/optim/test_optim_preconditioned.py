@@ -19,13 +19,13 @@ from backprobe.optim import (
 from backprobe.quantities import record
 
 OPTIMIZERS = {
-    "diag_ggn_mc": lambda ps: diag_ggn_sgd(ps, lr=0.1, damping=1e-2, seed=0),
+    "diag_ggn_mc": lambda ps: diag_ggn_sgd(ps, lr=0.1, damping=1e-2, generator=0),
     "diag_ggn_exact": lambda ps: diag_ggn_sgd(ps, lr=0.1, exact=True, damping=1e-2),
-    "kfac": lambda ps: kfac_sgd(ps, lr=0.1, damping=1e-2, update_every=2, seed=0),
+    "kfac": lambda ps: kfac_sgd(ps, lr=0.1, damping=1e-2, update_every=2, generator=0),
     "kflr": lambda ps: kfac_sgd(ps, lr=0.1, exact=True, damping=1e-2),
     "second_moment": lambda ps: second_moment_sgd(ps, lr=0.01, damping=1e-8),
     "momentum": lambda ps: PreconditionedSGD(
-        ps, 0.05, DiagonalPreconditioner("diag_ggn_mc", damping=1e-2, seed=0), momentum=0.5,
+        ps, 0.05, DiagonalPreconditioner("diag_ggn_mc", damping=1e-2, generator=0), momentum=0.5,
         weight_decay=1e-4,
     ),
 }
@@ -92,7 +92,7 @@ def test_state_dict_round_trip(name):
 
 def test_typed_state():
     model, loss_fn, x, y = classification()
-    opt = kfac_sgd(model.parameters(), lr=0.1, seed=0)
+    opt = kfac_sgd(model.parameters(), lr=0.1, generator=0)
     train(model, loss_fn, x, y, opt, 1)
     st = opt.typed_state(model[0].weight)
     assert [f.shape for f in st.factors] == [(16, 16), (6, 6)]
