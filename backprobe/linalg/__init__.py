@@ -21,6 +21,15 @@ never from the global RNG.
 from backprobe.linalg._operator import LinearOperator, MatrixFree, TensorOperator, as_operator
 from backprobe.linalg._probes import draw_probes, orthonormalise
 from backprobe.linalg._results import DiagonalEstimate, Estimate
+from backprobe.linalg.curvature import (
+    CurvatureOperator,
+    EFOperator,
+    GGNOperator,
+    HessianOperator,
+    KFACInverseOperator,
+    KFACOperator,
+    MCFisherOperator,
+)
 from backprobe.linalg.diagonals import DIAGONAL_METHODS, diagonal, hutchinson_diag, xdiag
 from backprobe.linalg.factorizations import LowRank, low_rank, nystrom
 from backprobe.linalg.norms import frobenius_norm_squared
@@ -43,6 +52,8 @@ from backprobe.linalg.traces import (
 )
 
 __all__ = [
+    "CurvatureOperator", "EFOperator", "GGNOperator", "HessianOperator", "KFACInverseOperator",
+    "KFACOperator", "MCFisherOperator",
     "DIAGONAL_METHODS", "TRACE_METHODS", "DiagonalEstimate", "Eigenpairs", "Estimate",
     "LinearOperator", "LowRank", "MatrixFree", "SpectralDensity", "TensorOperator",
     "as_operator", "auto_trace", "diagonal", "draw_probes", "frobenius_norm_squared",
