@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from backprobe.app.spec import grammar, parse_estimator, parse_list
 
@@ -38,7 +39,7 @@ def ints(text: str) -> list[int]:
     return values
 
 
-def spec_epilog() -> dict[str, object]:
+def spec_epilog() -> dict[str, Any]:
     """Keyword arguments of ``add_parser`` that print the estimator grammar under the help."""
     return {"epilog": "estimator specs:\n" + grammar(),
             "formatter_class": argparse.RawDescriptionHelpFormatter}
