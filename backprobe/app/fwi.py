@@ -168,8 +168,8 @@ def _grid_flags(p: argparse.ArgumentParser, *, shape: str, nt: int) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``fwi`` and ``wave-memory`` subcommands to ``subparsers``."""
-    epilog = {"epilog": "imaging specs:\n" + IMAGING_GRAMMAR,
-              "formatter_class": argparse.RawDescriptionHelpFormatter}
+    epilog: dict[str, Any] = {"epilog": "imaging specs:\n" + IMAGING_GRAMMAR,
+                              "formatter_class": argparse.RawDescriptionHelpFormatter}
     p = subparsers.add_parser("fwi", help="full-waveform inversion, one run per imaging "
                               "strategy: JSON + PNGs", **epilog)
     p.add_argument("--model", default="layered",
