@@ -43,7 +43,7 @@ class DFT(Imaging):
                 raise ValueError(f"frequencies must be >= 1, got {frequencies}")
             self.frequencies: int | list[float] = frequencies
         else:
-            fl = [float(f) for f in torch.as_tensor(frequencies).reshape(-1).tolist()]
+            fl = torch.as_tensor(frequencies, dtype=torch.float64).reshape(-1).tolist()
             if not fl or any(not math.isfinite(f) or f < 0 for f in fl):
                 raise ValueError("frequencies must be a non-empty list of non-negative Hz "
                                  f"or a positive count, got {frequencies!r}")
