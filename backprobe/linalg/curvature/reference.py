@@ -67,7 +67,7 @@ def dense_curvature(
             out_val = f(flat)
             jac = jacrev(f)(flat).reshape(out_val.numel(), -1)  # [O, P]
             if kind == "ggn":
-                h = hessian(lambda o, y=y: loss_fn(o.reshape(out_val.shape), y))(
+                h = hessian(lambda o, y=y, s=out_val.shape: loss_fn(o.reshape(s), y))(
                     out_val.reshape(-1).detach())
                 mat = jac.T @ h @ jac
             elif kind == "ef":
