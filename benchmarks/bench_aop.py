@@ -9,7 +9,8 @@ Two measurements per model and K/M in {1/2, 1/4, 1/8}:
   converted with AOP on every Linear/Conv layer (input gradients stay exact in both).
 
 Exact and AOP are timed alternately (pairs); the speed-up is the median of the per-pair
-ratios exact/AOP. Results: ``benchmarks/results/aop_bench.json`` and a markdown table.
+ratios exact/AOP. Results: ``<out>/aop_bench.json`` (``--out`` default: the git-ignored
+results/bench; ``--out benchmarks/results`` for the README's figures) and a markdown table.
 
 A fresh 4096 x 4096 gradient costs tens of ms of page faults with glibc's default malloc
 (large blocks are mmap'ed and returned on free); that fixed cost is the same for exact and
@@ -25,46 +26,31 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _harness import arguments, machine_info, time_interleaved, timed, write_json
 from torch import nn
 
 import backprobe
 from backprobe.estimators.aop import AOP, reset_memory
 from backprobe.layers import bind
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FRACTIONS = (0.5, 0.25, 0.125)
 VARIANTS = (("topk", True), ("topk", False), ("randk", False))
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**32)}
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def pairs(exact: Callable[[], object], other: Callable[[], object], reps: int) -> dict:
-    """Alternate exact/other ``reps`` times (after one warm-up each); median times and ratio."""
-    exact(), other()
-    te, to = [], []
-    for _ in range(reps):
-        te.append(timed(exact))
-        to.append(timed(other))
-    return {
-        "exact_ms": 1e3 * statistics.median(te), "aop_ms": 1e3 * statistics.median(to),
-        "speedup": statistics.median(e / o for e, o in zip(te, to, strict=True)),
-    }
+    """Exact and AOP interleaved ``reps`` rounds (one warm-up): median times and ratio."""
+    res = time_interleaved({"exact": exact, "aop": other}, repeats=reps, warmup=1)
+    return {"exact_ms": 1e3 * res["exact"]["median_s"], "aop_ms": 1e3 * res["aop"]["median_s"],
+            "speedup": res["aop"]["speedup"]}
 
 
 def wide_mlp() -> nn.Module:
@@ -148,27 +134,20 @@ def table(rows: list[dict], model: str, part: str) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="1 by default: on a shared, oversubscribed machine more threads "
-                         "mostly add barrier stalls")
-    ap.add_argument("--malloc-reuse", action="store_true")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    def add(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--reps", type=int, default=7)
+        ap.add_argument("--malloc-reuse", action="store_true")
+
+    if "--threads" not in sys.argv:  # one thread by default: on a shared, oversubscribed
+        sys.argv += ["--threads", "1"]  # machine more threads mostly add barrier stalls
+    args = arguments(__doc__, add=add)
     if args.malloc_reuse and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
-    if args.out is None:
-        name = "aop_bench_malloc_reuse.json" if args.malloc_reuse else "aop_bench.json"
-        args.out = RESULTS / name
-    torch.set_num_threads(args.threads)
+    name = "aop_bench_malloc_reuse" if args.malloc_reuse else "aop_bench"
     gen = torch.Generator().manual_seed(0)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
+    machine = machine_info()
+    cpu, threads = machine["cpu"], machine["torch_threads"]
     result: dict = {
-        "machine": {"platform": platform.platform(), "cpu": cpu, "threads": args.threads,
-                    "torch": torch.__version__},
         "reps": args.reps, "malloc_reuse": args.malloc_reuse,
         "note": "shared machine: timings are noisy; ratios are medians of interleaved pairs",
     }
@@ -189,10 +168,9 @@ def main() -> None:
     result["cnn_backward"] = full_backward(small_cnn, xc, yc, args.reps, VARIANTS[:2])
     result["seconds"] = round(time.time() - t0, 1)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    out = write_json(args.out / f"{name}{args.suffix}.json", **result)
     lines = [
-        f"AOP backward vs exact on {cpu}, {args.threads} threads, torch {torch.__version__} "
+        f"AOP backward vs exact on {cpu}, {threads} threads, torch {torch.__version__} "
         f"(median of per-pair ratios; malloc reuse: {args.malloc_reuse}; shared machine, "
         "noisy)", "",
         "| model | part | K/M | policy | exact ms | AOP ms | speed-up |",
@@ -203,7 +181,7 @@ def main() -> None:
     lines += table(result["cnn_weight_grad"], "CNN, batch 64", "W-grad, conv 32->64 16x16")
     lines += table(result["cnn_backward"], "CNN, batch 64", "full backward")
     print("\n".join(lines))
-    print(f"\nwrote {args.out} ({result['seconds']} s)")
+    print(f"\nwrote {out} ({result['seconds']} s)")
 
 
 if __name__ == "__main__":

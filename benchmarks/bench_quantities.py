@@ -16,6 +16,9 @@ opacus opt-einsum``); a missing or failing peer is recorded as such.
     python benchmarks/bench_quantities.py                 # 3C3D and ALL-CNN-C
     python benchmarks/bench_quantities.py --models c3d --reps 5
     python benchmarks/bench_quantities.py --check-backpack   # values equal BackPACK's
+
+Writes <out>/quantities_<model>.json (``--out`` default: the git-ignored results/bench;
+``--out benchmarks/results`` for the README's figures).
 """
 
 from __future__ import annotations
@@ -23,21 +26,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+from _harness import arguments, timed, write_json
 from torch import nn
 
-from backprobe import models
 from backprobe import quantities as Q
+from backprobe.app import models
 
-RESULTS = Path(__file__).parent / "results"
 CONFIG = {  # name: (builder args, batch)
     "c3d": (("c3d", 3, 10, 32), 64),
     "allcnnc": (("allcnnc", 3, 100, 32), 64),
@@ -140,12 +141,6 @@ def methods_for(model_name: str) -> list[str]:
                   "torchfunc:BatchGrad"]
 
 
-def _timed(step) -> float:
-    t0 = time.perf_counter()
-    step()
-    return time.perf_counter() - t0
-
-
 def time_model(model_name: str, reps: int) -> dict:
     plain = make_step("plain", model_name)
     steps, errors = {}, {}
@@ -162,8 +157,8 @@ def time_model(model_name: str, reps: int) -> dict:
     base: list[float] = []
     for r in range(reps):
         for m, step in steps.items():
-            tp = _timed(plain)
-            tm = _timed(step)
+            tp = timed(plain)
+            tm = timed(step)
             base.append(tp)
             times[m].append(tm)
             ratios[m].append(tm / tp)
@@ -292,34 +287,28 @@ def check_against_backpack() -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="c3d,allcnnc")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-memory", action="store_true")
-    ap.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"))
-    ap.add_argument("--check-backpack", action="store_true",
-                    help="only compare the values with BackPACK 1.7.1")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    def add(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--models", default="c3d,allcnnc")
+        ap.add_argument("--reps", type=int, default=5)
+        ap.add_argument("--no-memory", action="store_true")
+        ap.add_argument("--child", nargs=2, metavar=("MODEL", "METHOD"))
+        ap.add_argument("--check-backpack", action="store_true",
+                        help="only compare the values with BackPACK 1.7.1")
+
+    a = arguments(__doc__, add=add)
     if a.check_backpack:
         sys.exit(0 if check_against_backpack() else 1)
     if a.child:
         child(*a.child)
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for name in a.models.split(","):
         reps = a.reps if name == "c3d" else max(2, a.reps // 2)
         memory = {} if a.no_memory else memory_model(name)  # before timing: small parent
         res = time_model(name, reps)
         res["memory"] = memory
-        res["machine"] = {
-            "platform": platform.platform(), "processor": platform.processor(),
-            "torch": torch.__version__, "threads": a.threads,
-            "note": "shared machine (other jobs running): timings are noisy",
-        }
+        res["note"] = "shared machine (other jobs running): timings are noisy"
         res["markdown"] = table(name, res)
-        (RESULTS / f"quantities_{name}.json").write_text(json.dumps(res, indent=2))
+        write_json(a.out / f"quantities_{name}{a.suffix}.json", **res)
         print(res["markdown"], flush=True)
         if res["errors"]:
             print("errors:", json.dumps(res["errors"], indent=2))

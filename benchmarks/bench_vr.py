@@ -11,25 +11,24 @@
    N = 1,000,000 (tables built by the optimizer's own ``make_tables``; zero pages are mapped
    lazily, so the bytes are counted, not touched).
 
-    python benchmarks/bench_vr.py [--repeats 15] [--threads 2]
+    python benchmarks/bench_vr.py [--repeats 15] [--threads 2] [--out benchmarks/results]
+
+Writes <out>/vr_bench.json (``--out`` default: the git-ignored results/bench).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
+from typing import Any
 
 import torch
+from _harness import arguments, time_interleaved, write_json
 from torch import nn
 
-from backprobe import data, models
-from backprobe.bench import machine_info, time_interleaved
+from backprobe.app import data, models
 from backprobe.optim import SAGA, SVRG, Dense, Factored, LowRank, Partition, full_gradient
-from backprobe.optim.storage import make_tables, slot_count
+from backprobe.optim.storage import slot_count
+from backprobe.optim.tables import make_tables
 from backprobe.optim.vr_memory import storage_bytes
-
-OUT = Path(__file__).resolve().parent / "results" / "vr_bench.json"
 
 
 def step_times(batch: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -124,20 +123,16 @@ def vgg16_memory() -> list[dict[str, object]]:
 
 def main() -> None:
     """Run both parts, print markdown tables, write JSON."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--batches", default="16,128")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    info = machine_info()
-    print(info)
-    out: dict[str, object] = {"machine": info, "threads": args.threads, "steps": {}}
+    def add(p: Any) -> None:
+        p.add_argument("--repeats", type=int, default=15)
+        p.add_argument("--batches", default="16,128")
+
+    args = arguments(__doc__, add=add)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "steps": {}}
     print("\n| batch | method | median step (ms) | time / SGD |\n|---|---|---:|---:|")
     for b in map(int, args.batches.split(",")):
         res = step_times(b, args.repeats)
-        out["steps"][str(b)] = res  # type: ignore[index]
+        out["steps"][str(b)] = res
         for name, r in res.items():
             print(f"| {b} | {name} | {1e3 * r['median_s']:.2f} | {r['overhead']:.2f}x |")
     mem = vgg16_memory()
@@ -146,9 +141,7 @@ def main() -> None:
     for r in mem:
         print(f"| {r['model']} | {r['examples']:,} | {r['measured_bytes'] / 1e9:.4f} GB | "
               f"{r['calculator_bytes'] / 1e9:.4f} GB |")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1))
-    print(f"wrote {OUT}")
+    print(f"wrote {write_json(args.out / f'vr_bench{args.suffix}.json', **out)}")
 
 
 if __name__ == "__main__":
