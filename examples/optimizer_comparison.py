@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from backprobe import data, models  # noqa: E402
+from backprobe.app import data, models  # noqa: E402
 from backprobe.optim import diag_ggn_sgd, kfac_sgd  # noqa: E402
 from backprobe.quantities import record  # noqa: E402
 
@@ -33,9 +33,9 @@ def make_optimizer(name: str, params):  # noqa: ANN001
     if name == "Adam":
         return torch.optim.Adam(params, lr=1e-3)
     if name == "DiagGGN-MC":
-        return diag_ggn_sgd(params, lr=0.02, damping=0.1, beta=0.95, seed=0)
+        return diag_ggn_sgd(params, lr=0.02, damping=0.1, beta=0.95, generator=0)
     if name == "KFAC":
-        return kfac_sgd(params, lr=0.2, damping=0.1, beta=0.95, update_every=5, seed=0)
+        return kfac_sgd(params, lr=0.2, damping=0.1, beta=0.95, update_every=5, generator=0)
     raise ValueError(name)
 
 

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from backprobe import data  # noqa: E402
+from backprobe.app import data  # noqa: E402
 from backprobe.optim.langevin import (  # noqa: E402
     MALA,
     SGLD,

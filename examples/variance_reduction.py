@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from backprobe import data, models  # noqa: E402
+from backprobe.app import data, models  # noqa: E402
 from backprobe.optim import SAGA, LowRank  # noqa: E402
 
 IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
@@ -62,7 +62,7 @@ def train(
             weight_decay=weight_decay)
     else:
         opt = SAGA(model.parameters(), lr=lr, num_examples=n, momentum=momentum,
-                   nesterov=nesterov, storage=storage, seed=seed,  # type: ignore[arg-type]
+                   nesterov=nesterov, storage=storage, generator=seed,  # type: ignore[arg-type]
                    weight_decay=weight_decay)
     hist: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_acc", "test_loss",
                                                     "test_acc", "train_objective")}
