@@ -23,7 +23,7 @@ from backprobe.app._args import add_common, ints
 from backprobe.app.report import progress_bar, pyplot, save_figure, table, write_json
 from backprobe.app.spec import parse_estimator
 from backprobe.app.training import build_model, load_data
-from backprobe.estimators import Estimator
+from backprobe.estimators import Estimator, choose
 from backprobe.layers import bind
 
 __all__ = ["VarianceResult", "add_parser", "run", "variance_study"]
@@ -66,11 +66,9 @@ def _probed_grad(module: nn.Module, est: Estimator, x: Tensor, g: Tensor) -> Ten
     network and this is the distribution of that network's weight gradient.
     """
     xc, op = bind(module, x)
-    worthwhile = getattr(est, "worthwhile", None)
-    if worthwhile is not None and not worthwhile(op, xc):
-        return op.weight_grad(xc, g)  # the converted layer falls back to exact here
-    saved, meta = est.pack(op, xc)
-    return est.weight_grad(op, saved, meta, g)
+    chosen, _ = choose(est, op, xc)  # the converted layer's own choice: estimator or exact
+    saved, meta = chosen.pack(op, xc)
+    return chosen.weight_grad(op, saved, meta, g)
 
 
 @dataclass
