@@ -1,4 +1,5 @@
-"""Exact estimator == plain autograd over a hypothesis-drawn space of layer configurations."""
+"""Layer ops: Exact == plain autograd over a hypothesis-drawn space of convolutions, the
+canonical form, and the convolution's unfold-free fast paths."""
 
 import pytest
 import torch
@@ -9,40 +10,15 @@ from torch import nn
 import backprobe
 from backprobe.layers import bind
 from backprobe.testing import reference_grads
+from tests.cases import CONV_TYPES, conv_configs, conv_from_config
 
 CONV = {1: backprobe.nn.Conv1d, 2: backprobe.nn.Conv2d, 3: backprobe.nn.Conv3d}
-
-
-@st.composite
-def conv_configs(draw):
-    dim = draw(st.sampled_from([1, 2, 3]))
-    groups = draw(st.sampled_from([1, 2]))
-    c_in = groups * draw(st.integers(1, 2))
-    c_out = groups * draw(st.integers(1, 2))
-    kernel = tuple(draw(st.integers(1, 3)) for _ in range(dim))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(dim))
-    padding_kind = draw(st.sampled_from(["int", "same", "valid"]))
-    stride = (1,) * dim if padding_kind == "same" else tuple(draw(st.integers(1, 2)) for _ in range(dim))
-    padding = {"int": tuple(draw(st.integers(0, 2)) for _ in range(dim)),
-               "same": "same", "valid": "valid"}[padding_kind]
-    padding_mode = draw(st.sampled_from(["zeros", "reflect", "circular", "replicate"]))
-    if padding_mode != "zeros" and padding_kind == "int":
-        padding = tuple(min(p, 1) for p in padding)
-    span = [dl * (k - 1) + 1 for dl, k in zip(dilation, kernel)]
-    size = tuple(s + draw(st.integers(1, 4)) + 2 for s in span)
-    return dict(dim=dim, c_in=c_in, c_out=c_out, kernel=kernel, stride=stride, padding=padding,
-                dilation=dilation, groups=groups, padding_mode=padding_mode,
-                bias=draw(st.booleans()), batch=draw(st.integers(1, 3)), size=size)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_configs())
 def test_exact_conv_equals_autograd(cfg):
-    layer = CONV[cfg["dim"]](
-        cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
-        dilation=cfg["dilation"], groups=cfg["groups"], bias=cfg["bias"],
-        padding_mode=cfg["padding_mode"], estimator=backprobe.Exact(),
-    ).double()
+    layer = conv_from_config(cfg, CONV[cfg["dim"]])
     x = torch.randn(cfg["batch"], cfg["c_in"], *cfg["size"], dtype=torch.float64)
     g = torch.randn_like(layer(x))
     ref = reference_grads(layer, x, g)
@@ -72,10 +48,7 @@ def test_exact_linear_equals_autograd(n, t, d_in, d_out, bias):
 @given(conv_configs())
 def test_canonical_form_reproduces_weight_gradient(cfg):
     """sum_{n,s} g[n,s] (outer) a[n,s] mapped back to the weight shape == the weight gradient."""
-    layer = nn.Conv1d if cfg["dim"] == 1 else nn.Conv2d if cfg["dim"] == 2 else nn.Conv3d
-    layer = layer(cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"],
-                  padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"],
-                  padding_mode=cfg["padding_mode"]).double()
+    layer = conv_from_config(cfg)
     x = torch.randn(cfg["batch"], cfg["c_in"], *cfg["size"], dtype=torch.float64)
     g = torch.randn_like(layer(x))
     xr, op = bind(layer, x)
@@ -86,26 +59,29 @@ def test_canonical_form_reproduces_weight_gradient(cfg):
 
 
 def test_registry_holds_every_layer_module():
-    from backprobe.layers import REGISTRY
+    from backprobe.layers import OPS, module_types
 
-    assert set(REGISTRY) >= {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d}
+    assert set(module_types("affine")) >= {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d}
+    assert set(OPS) >= set(module_types("affine"))
 
 
 def test_unsupported_module_raises():
-    import pytest
+    with pytest.raises(TypeError, match="Bilinear"):
+        bind(nn.Bilinear(2, 2, 3), torch.randn(1, 2))
 
-    with pytest.raises(TypeError, match="ConvTranspose2d"):
-        bind(nn.ConvTranspose2d(2, 2, 3), torch.randn(1, 2, 5, 5))
+
+def test_deprecated_registry_views_warn():
+    import backprobe.layers as layers
+
+    with pytest.warns(DeprecationWarning, match="REGISTRY"):
+        assert set(layers.REGISTRY) == set(layers.module_types("affine"))
 
 
 @settings(max_examples=60, deadline=None)
 @given(conv_configs())
 def test_input_and_bias_grad_without_the_input(cfg):
     """The path estimators use (no saved input): transposed convolution with output_padding."""
-    layer = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[cfg["dim"]](
-        cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
-        dilation=cfg["dilation"], groups=cfg["groups"], padding_mode=cfg["padding_mode"],
-    ).double()
+    layer = conv_from_config({**cfg, "bias": True})
     x = torch.randn(cfg["batch"], cfg["c_in"], *cfg["size"], dtype=torch.float64)
     xr, op = bind(layer, x)
     g = torch.randn_like(op.forward(xr, layer.weight, layer.bias))
@@ -121,7 +97,7 @@ def test_input_and_bias_grad_without_the_input(cfg):
 @pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (2, 0, 1), (3, 2, 2), (1, 0, 1)])
 def test_per_example_weight_grad_without_unfolding(dim, kernel, padding, dilation):
     """The shifted-view GEMMs equal one weight gradient per example (stride 1, one group)."""
-    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    conv_cls = CONV_TYPES[dim]
     ks = kernel if dim == 1 else (kernel, max(1, kernel - 1), kernel)[:dim]
     conv = conv_cls(4, 5, ks, padding=padding, dilation=dilation).double()
     size = {1: (11,), 2: (9, 8), 3: (6, 7, 5)}[dim]
@@ -141,7 +117,7 @@ def test_per_example_weight_grad_without_unfolding(dim, kernel, padding, dilatio
 @pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (2, 0, 1), (3, 2, 2)])
 def test_input_second_moment_without_unfolding(dim, kernel, padding, dilation):
     """``sum a a^T`` from shifted slices equals the unfolded input's Gram matrix (KFAC's A)."""
-    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    conv_cls = CONV_TYPES[dim]
     conv = conv_cls(16, 3, kernel, padding=padding, dilation=dilation).double()
     size = {1: (11,), 2: (9, 8), 3: (6, 7, 5)}[dim]
     x = torch.randn(3, 16, *size, dtype=torch.float64)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from backprobe.quantities import (
@@ -27,55 +26,20 @@ from backprobe.quantities.reference import (
     reference_hessian,
     reference_per_example_ggn,
 )
+from tests import cases
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 FIRST = (BatchGrad, BatchL2Grad, SumGradSquared, Variance)
 
 
-def sequential() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(4, 4, 3, stride=2, groups=2), nn.ReLU(inplace=True),
-        nn.Flatten(), nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3),
-    ).double()
-
-
-class Residual(nn.Module):
-    """A residual net whose conv block and a Linear layer are each used twice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(2, 3, 3, padding=1)
-        self.block = nn.Conv2d(3, 3, 3, padding=1)
-        self.hidden = nn.Linear(12, 12)
-        self.head = nn.Linear(12, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.stem(x))
-        h = h + self.block(h)
-        h = F.relu(h, inplace=True)
-        h = h + self.block(h)
-        h = F.avg_pool2d(h, 3).flatten(1)
-        h = torch.tanh(self.hidden(h))
-        h = h + self.hidden(h)
-        return self.head(h)
-
-
 def data(n: int = 5, loss: str = "ce", seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 2, 6, 6, generator=g)
-    if loss == "ce":
-        y = torch.randint(0, 3, (n,), generator=g)
-    elif loss == "mse":
-        y = torch.randn(n, 3, generator=g)
-    else:
-        y = torch.rand(n, 3, generator=g)
-    return x, y
+    return cases.data((n, 2, 6, 6), loss, seed)
 
 
-LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}
-MODELS = {"sequential": sequential, "residual": lambda: Residual().double()}
+MODELS = cases.NETWORKS
+sequential = cases.conv_sequential
+LOSSES = cases.LOSSES
 
 
 def run(model, loss_fn, x, y, *quantities):

@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 import backprobe
 from backprobe import Probe
 from backprobe.testing import estimate_mean, reference_grads
+from tests.cases import LAYERS, layer_ids
 
 F64 = torch.float64
 
@@ -32,26 +33,19 @@ def _assert_unbiased(layer, x, n=300, z_max=5.0):
     return mean, se, exact
 
 
-# odd configurations: non-square, stride, dilation, groups, asymmetric padding, 1-D and 3-D
-ODD_LAYERS = [
-    lambda: backprobe.nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2),
-    lambda: backprobe.nn.Conv2d(3, 4, 4, padding="same"),
-    lambda: backprobe.nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=False),
-    lambda: backprobe.nn.Conv1d(4, 3, 3, stride=2, dilation=2),
-    lambda: backprobe.nn.Conv3d(2, 3, (2, 3, 1), padding=(1, 0, 1)),
-]
-ODD_INPUTS = [(3, 4, 9, 7), (2, 3, 6, 5), (2, 3, 5, 6), (3, 4, 13), (2, 2, 4, 5, 3)]
-
-
-@pytest.mark.parametrize("case", range(len(ODD_LAYERS)))
+# every layer case: odd configurations (non-square, stride, dilation, groups, asymmetric
+# padding, 1-D and 3-D), Linear with positions, and every other registered layer type
+@pytest.mark.parametrize("case", LAYERS, ids=layer_ids(LAYERS))
 @pytest.mark.parametrize("mode", ["channel", "joint"])
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_probe_unbiased_on_odd_configurations(case, mode, per_sample):
-    layer = ODD_LAYERS[case]().double()
+    seed = LAYERS.index(case)
+    layer = case.estimated(Probe(1, seed=seed))
     # r = 1 (correlation path in channel mode) and r = 5 (projection path)
     for r in (1, 5):
-        layer.estimator = Probe(r, mode=mode, per_sample=per_sample, seed=case)
-        _assert_unbiased(layer, torch.randn(ODD_INPUTS[case], dtype=F64), n=200)
+        layer.estimator = Probe(r, mode=mode, per_sample=per_sample, seed=seed)
+        _assert_unbiased(layer, case.input(seed), n=200)
+        assert layer.last_path == "estimator"  # not the exact fallback
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian", "uniform"])

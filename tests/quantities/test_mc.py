@@ -17,16 +17,12 @@ from backprobe.quantities import (
     record,
 )
 from backprobe.quantities.reference import param_slices, reference_hessian
+from tests import cases
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}
-
-
-def _target(loss, n, g):
-    if loss == "ce":
-        return torch.randint(0, 3, (n,), generator=g)
-    return torch.rand(n, 3, generator=g)
+LOSSES = cases.LOSSES
+_target = cases.target
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
@@ -46,9 +42,7 @@ def test_loss_hessian_sqrt(loss, reduction):
     assert ((mean - hn).abs() <= 5 * se + 1e-12).all()
 
 
-def _model():
-    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4), nn.ReLU(),
-                         nn.Linear(4, 3)).double()
+_model = cases.small_cnn
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))

@@ -9,52 +9,18 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from backprobe.quantities import KFLR, KFRA, record
+from tests import cases
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-LOSSES = {"ce": nn.CrossEntropyLoss, "mse": nn.MSELoss, "bce": nn.BCEWithLogitsLoss}
+LOSSES = cases.LOSSES
 AFFINE = (nn.Linear, nn.Conv2d)
-
-
-def mlp() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)
-    )
-
-
-def cnn() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.AvgPool2d(1), nn.Flatten(),
-        nn.Linear(16, 5), nn.ReLU(), nn.Linear(5, 3),
-    )
-
-
-def mlp_tail() -> nn.Sequential:
-    """The model output is not a recorded layer output: Gbar is pulled back through tanh."""
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3), nn.Tanh())
-
-
-def mlp_norm() -> nn.Sequential:
-    """A LayerNorm site inside the chain (its parameters get ``[G]`` blocks)."""
-    return nn.Sequential(
-        nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3)
-    )
-
-
-ARCHS = {"mlp": mlp, "cnn": cnn, "mlp_tail": mlp_tail, "mlp_norm": mlp_norm}
+ARCHS = cases.CHAINS
+cnn = cases.cnn
 
 
 def data(arch: str, n: int, loss: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 2, 8, 8, generator=g) if arch == "cnn" else torch.randn(n, 4, generator=g)
-    if loss == "ce":
-        y = torch.randint(0, 3, (n,), generator=g)
-    elif loss == "mse":
-        y = torch.randn(n, 3, generator=g)
-    else:
-        y = torch.rand(n, 3, generator=g)
-    return x, y
+    return cases.data((n, 2, 8, 8) if arch == "cnn" else (n, 4), loss, seed)
 
 
 def run(model, loss_fn, x, y, *quantities):

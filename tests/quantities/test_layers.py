@@ -9,13 +9,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import backprobe
-from backprobe.layers import PER_EXAMPLE_REGISTRY, REGISTRY
+from backprobe.layers import module_types
 from backprobe.quantities import (
     BatchDiagGGNExact,
     BatchGrad,
     BatchL2Grad,
     DiagGGNExact,
+    DiagGGNMC,
     HutchinsonDiagHessian,
+    SqrtGGNMC,
     SumGradSquared,
     Variance,
     record,
@@ -25,6 +27,7 @@ from backprobe.quantities.reference import (
     reference_batch_grad,
     reference_per_example_ggn,
 )
+from tests.cases import CONV_TYPES, LAYERS, NORM_NETWORKS, EmbedNet, layer_ids, layer_network
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -45,12 +48,40 @@ def _check_first_order(model, loss_fn, x, y):
     params = _run(model, loss_fn, x, y, BatchL2Grad())  # Gram / norm paths on their own
     for k, p in params.items():
         torch.testing.assert_close(p.batch_l2, ref[k].flatten(1).square().sum(1), msg=k)
+    params = _run(model, loss_fn, x, y, Variance())
+    for k, p in params.items():
+        torch.testing.assert_close(p.variance, ref[k].var(0, unbiased=False), msg=k)
 
 
 def test_registry_holds_every_layer_module():
-    assert {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d} <= set(REGISTRY)
+    assert {nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d} <= set(module_types("affine"))
     assert {nn.Embedding, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm,
-            nn.GroupNorm} <= set(PER_EXAMPLE_REGISTRY)
+            nn.GroupNorm} <= set(module_types("embedding") + module_types("norm"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("case", LAYERS, ids=layer_ids(LAYERS))
+def test_layer_cases(case, reduction):
+    """Every layer case in a small network: first-order quantities and GGN diagonals."""
+    torch.manual_seed(0)
+    model = layer_network(case)
+    g = torch.Generator().manual_seed(1)
+    x, y = case.input(), torch.randint(0, 3, (case.input_shape[0],), generator=g)
+    loss_fn = nn.CrossEntropyLoss(reduction=reduction)
+    _check_first_order(model, loss_fn, x, y)
+    ggn = reference_per_example_ggn(model, loss_fn, x, y).sum(0)
+    m = 400
+    params = _run(model, loss_fn, x, y, DiagGGNExact(), DiagGGNMC(m, seed=5),
+                  SqrtGGNMC(m, seed=5))
+    for k, sl in param_slices(model).items():
+        p = params[k]
+        torch.testing.assert_close(p.diag_ggn_exact, ggn[sl, sl].diagonal().reshape(p.shape))
+        # DiagGGNMC: the mean of its m one-sample estimates (shared with SqrtGGNMC's seed),
+        # within 5 standard errors of the exact diagonal
+        per = m * p.sqrt_ggn_mc.square().sum(1)
+        torch.testing.assert_close(p.diag_ggn_mc, per.mean(0), msg=k)
+        se = per.std(0) / m**0.5
+        assert ((p.diag_ggn_mc - p.diag_ggn_exact).abs() <= 5 * se + 1e-12).all(), k
 
 
 @settings(max_examples=12, deadline=None)
@@ -69,7 +100,7 @@ def test_conv_hyperparameters(dim, stride, dilation, groups, padding, mode, bias
         stride = 1
     if padding == 0:
         mode = "zeros"
-    conv_cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    conv_cls = CONV_TYPES[dim]
     size = {1: 9, 2: 7, 3: 5}[dim]
     conv = conv_cls(2, 4, 3, stride=stride, padding=padding, dilation=dilation, groups=groups,
                     bias=bias, padding_mode=mode)
@@ -88,26 +119,12 @@ def test_linear_with_positions_and_gram_path():
     _check_first_order(model, nn.CrossEntropyLoss(), x, y)
 
 
-class NormNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 4, 3)
-        self.bn = nn.BatchNorm2d(4)
-        self.gn = nn.GroupNorm(2, 4)
-        self.ln = nn.LayerNorm([4, 2, 2])
-        self.fc = nn.Linear(16, 3)
-        self.bn1 = nn.BatchNorm1d(3)
-
-    def forward(self, x):
-        h = torch.relu(self.bn(self.conv(x)))
-        h = self.ln(torch.nn.functional.max_pool2d(self.gn(h), 2))
-        return self.bn1(self.fc(h.flatten(1)))
-
-
+@pytest.mark.parametrize("net", list(NORM_NETWORKS))
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_norm_layers(reduction):
+def test_norm_layers(reduction, net):
     torch.manual_seed(0)
-    model = NormNet().double()
+    make, shape = NORM_NETWORKS[net]
+    model = make().double()
     with torch.no_grad():  # non-trivial running statistics and affine parameters
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -117,7 +134,7 @@ def test_norm_layers(reduction):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
     model.eval()
-    x, y = torch.randn(4, 2, 6, 6), torch.randint(0, 3, (4,))
+    x, y = torch.randn(shape), torch.randint(0, 3, (4,))
     loss_fn = nn.CrossEntropyLoss(reduction=reduction)
     _check_first_order(model, loss_fn, x, y)
     per_ex = reference_per_example_ggn(model, loss_fn, x, y)
@@ -125,16 +142,6 @@ def test_norm_layers(reduction):
     for k, sl in param_slices(model).items():
         want = per_ex[:, sl, sl].diagonal(dim1=-2, dim2=-1).reshape(-1, *params[k].shape)
         torch.testing.assert_close(params[k].diag_ggn_exact_batch, want, msg=k)
-
-
-class EmbedNet(nn.Module):
-    def __init__(self, padding_idx=None) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(7, 3, padding_idx=padding_idx)
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, idx):
-        return self.fc(self.emb(idx).mean(1))
 
 
 @pytest.mark.parametrize("padding_idx", [None, 0])

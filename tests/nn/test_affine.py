@@ -1,0 +1,44 @@
+"""Drop-in affine layers: generated from the op registry, one per registered affine type."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import backprobe
+from backprobe.estimators import Exact, Probe, choose
+from backprobe.layers import bind, module_types
+from tests.cases import LAYERS, layer_ids
+
+
+def test_a_dropin_for_every_affine_op():
+    assert set(backprobe.nn.AFFINE_SWAPS) == set(module_types("affine"))
+    for torch_type, dropin in backprobe.nn.AFFINE_SWAPS.items():
+        assert issubclass(dropin, torch_type) and issubclass(dropin, backprobe.nn.EstimatedLayer)
+        assert getattr(backprobe.nn, torch_type.__name__) is dropin
+        assert torch_type.__name__ in backprobe.nn.__all__
+
+
+@pytest.mark.parametrize("case", LAYERS, ids=layer_ids(LAYERS))
+def test_dropin_keeps_torch_parameters_and_pickles(case):
+    torch.manual_seed(0)
+    plain = case.make()
+    dropin = backprobe.nn.AFFINE_SWAPS[case.module_type](**case.kwargs, estimator=Probe(2))
+    assert dropin.state_dict().keys() == plain.state_dict().keys()
+    dropin.load_state_dict(plain.state_dict())
+    x = case.input(dtype=torch.float32)
+    torch.testing.assert_close(dropin(x), plain.float()(x))
+    copy = pickle.loads(pickle.dumps(dropin))
+    assert type(copy) is type(dropin) and repr(copy.estimator) == repr(dropin.estimator)
+
+
+def test_choose_falls_back_to_exact_where_probing_keeps_more():
+    layer = backprobe.nn.Conv2d(3, 4, 3, padding=1)
+    probe = Probe(16)
+    small, big = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 16, 16)
+    est, fell_back = choose(probe, *reversed(bind(layer, small)))
+    assert fell_back and isinstance(est, Exact)
+    est, fell_back = choose(probe, *reversed(bind(layer, big)), module=layer)
+    assert not fell_back and est is probe
