@@ -29,14 +29,15 @@ class DFT(Imaging):
         frequencies: Frequencies in Hz, or an integer ``F``: the ``F`` lowest DFT
             frequencies of the kept time axis (all of them when ``F >= T // 2 + 1``).
         stride: Transform every ``stride``-th internal step.
-        block: Kept steps accumulated per matrix product.
+        block: Kept steps accumulated per matrix product; default
+            ``min(16, max(1, 512 // n_columns))``.
 
     Raises:
         ValueError: On an empty or negative frequency list, or frequencies above Nyquist.
     """
 
     def __init__(self, frequencies: int | Sequence[float] | Tensor, stride: int = 1,
-                 block: int = 8) -> None:
+                 block: int | None = None) -> None:
         super().__init__()
         if isinstance(frequencies, int) and not isinstance(frequencies, bool):
             if frequencies < 1:
@@ -48,7 +49,8 @@ class DFT(Imaging):
                 raise ValueError("frequencies must be a non-empty list of non-negative Hz "
                                  f"or a positive count, got {frequencies!r}")
             self.frequencies = fl
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int)
+                                  or block < 1):
             raise ValueError(f"block must be a positive integer, got {block!r}")
         self.stride = check_stride(stride)
         self.block = block

@@ -79,7 +79,7 @@ class TimeProbe(Imaging):
         seed: Seed of the private generator (default: one draw from the global RNG).
         generator: A ``torch.Generator`` to draw from instead of ``seed``.
         block: Kept steps accumulated per matrix product (the block buffer holds ``block``
-            fields per shot).
+            fields per shot); default ``min(16, max(1, 512 // r))``.
 
     Memory: ``S * (r + block) * |D|`` numbers plus the ``n_kept x r`` probes per shot.
 
@@ -89,14 +89,15 @@ class TimeProbe(Imaging):
 
     def __init__(
         self, r: int, probes: str = "rademacher", stride: int = 1, seed: int | None = None,
-        generator: torch.Generator | None = None, block: int = 8,
+        generator: torch.Generator | None = None, block: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be a positive integer number of probes, got {r!r}")
         if probes not in PROBES:
             raise ValueError(f"probes must be one of {PROBES}, got {probes!r}")
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int)
+                                  or block < 1):
             raise ValueError(f"block must be a positive integer, got {block!r}")
         self.r, self.probes, self.block = r, probes, block
         self.stride = check_stride(stride)
