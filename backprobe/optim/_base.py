@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -247,3 +247,11 @@ class DirectionStepper(Optimizer):
                            alpha=math.sqrt(2 * lr * group["temperature"]))
                 else:
                     p.add_(d, alpha=-lr)
+
+
+def evaluate(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` under grad mode (optimizer steps run under ``no_grad``); ``None`` without."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()

@@ -70,6 +70,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from backprobe.optim._base import evaluate
 from backprobe.optim._chain import ChainState, Closure, LangevinSampler, minibatch_potential
 from backprobe.optim.mala import MALA, MALAState
 
@@ -141,10 +142,7 @@ class SGLD(LangevinSampler):
         Returns:
             The closure's loss, or ``None`` without a closure.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         for group in self.param_groups:
             lr, temp = group["lr"], group["temperature"]
             scale = group["num_examples"] or 1
@@ -239,10 +237,7 @@ class UnderdampedLangevin(LangevinSampler):
         Returns:
             The closure's loss, or ``None`` without a closure.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         for group in self.param_groups:
             h, gamma, m, temp = group["lr"], group["friction"], group["mass"], group["temperature"]
             c = math.exp(-gamma * h)

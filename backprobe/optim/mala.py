@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from backprobe.optim._base import evaluate
 from backprobe.optim._chain import ChainState, Closure, LangevinSampler
 
 __all__ = ["MALA", "MALAState"]
@@ -115,8 +116,7 @@ class MALA(LangevinSampler):
                 self.state[p].pop("grad", None)
 
     def _evaluate(self, closure: Closure) -> float:
-        with torch.enable_grad():
-            u = closure()
+        u = evaluate(closure)
         if not isinstance(u, Tensor) or u.numel() != 1:
             raise TypeError(
                 "MALA's closure must return U as a one-element tensor, got "

@@ -42,7 +42,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from backprobe.optim._base import Optimizer, add_weight_decay, apply_momentum, make_generator
+from backprobe.optim._base import (
+    Optimizer,
+    add_weight_decay,
+    apply_momentum,
+    evaluate,
+    make_generator,
+)
 from backprobe.quantities import (
     KFAC,
     KFLR,
@@ -248,10 +254,7 @@ class PreconditionedSGD(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         pre = self.preconditioner
         for group in self.param_groups:
             for p in group["params"]:

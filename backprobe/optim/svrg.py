@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backprobe.optim._base import DirectionStepper, check
+from backprobe.optim._base import DirectionStepper, check, evaluate
 
 __all__ = ["SVRG", "SVRGLD", "full_gradient"]
 
@@ -63,8 +63,7 @@ class SVRG(DirectionStepper):
         params = self._flat()
         for p in params:
             p.grad = None
-        with torch.enable_grad():
-            self.full_gradient()
+        evaluate(self.full_gradient)
         for p in params:
             st = self.state[p]
             st["snapshot"] = p.detach().clone()
@@ -80,14 +79,12 @@ class SVRG(DirectionStepper):
             self.snapshot()
         self.steps += 1
         params = self._flat()
-        with torch.enable_grad():
-            loss = closure()
+        loss = evaluate(closure)
         grads = [None if p.grad is None else p.grad.clone() for p in params]
         current = [p.detach().clone() for p in params]
         for p in params:
             p.copy_(self.state[p]["snapshot"])
-        with torch.enable_grad():
-            closure()
+        evaluate(closure)
         directions = {}
         for p, g, x in zip(params, grads, current):
             p.copy_(x)

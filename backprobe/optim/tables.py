@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from backprobe.linalg.factorizations.randomized_svd import batched_low_rank
 from backprobe.optim.storage import Factored, LowRank, Partition, Storage, table_kind
 
 
@@ -149,35 +150,14 @@ def low_rank(
 ) -> tuple[Tensor, Tensor]:
     """Batched randomized SVD: ``m [B, O, I] ~ u @ v`` with ``u [B, O, rank]``, ``v [B, rank, I]``.
 
-    Halko, Martinsson & Tropp (2011), Algorithms 4.4 and 5.1: a Gaussian test matrix with
-    ``rank + oversample`` columns (shared by the batch), ``power_iters`` orthonormalised
-    subspace iterations, then the top singular triplets of the small projected matrix
-    ``B = Q^T M`` from the eigenpairs of ``B B^T`` (directions with singular values below
-    ``1e-6 k`` times the largest are dropped). The singular values
-    are folded into ``u``. Exact when ``rank + oversample >= min(O, I)``.
+    :func:`backprobe.linalg.factorizations.randomized_svd.batched_low_rank` (Halko, Martinsson
+    & Tropp 2011, Alg. 4.4 and 5.1: ``rank + oversample`` Gaussian columns shared by the
+    batch, ``power_iters`` subspace iterations, top triplets from the small Gram matrix) with
+    the singular values folded into ``u``. Exact when ``rank + oversample >= min(O, I)``;
+    zero-padded where fewer than ``rank`` directions exist.
     """
-    b, o, i = m.shape
-    k = min(rank + oversample, o, i)
-    omega = torch.randn(i, k, generator=generator, dtype=m.dtype).to(m.device)
-    q = torch.linalg.qr(m @ omega).Q  # [B, O, k]
-    for _ in range(power_iters):
-        q = torch.linalg.qr(m.mT @ q).Q  # [B, I, k]
-        q = torch.linalg.qr(m @ q).Q
-    small = q.mT @ m  # [B, k, I]
-    r = min(rank, k)
-    # top singular triplets of the small matrix from the eigenpairs of its k x k Gram matrix
-    # (a batched eigh of k x k matrices is far cheaper than a batched SVD of k x I ones)
-    evals, evecs = torch.linalg.eigh(small @ small.mT)  # ascending
-    top = evecs[..., -r:].flip(-1)  # [B, k, r]
-    sv = evals[:, -r:].flip(-1).clamp_min(0).sqrt()  # [B, r]
-    v = top.mT @ small  # [B, r, I] = diag(sv) @ vh
-    inv = torch.where(sv > sv[:, :1] * 1e-6 * k, 1 / sv, torch.zeros_like(sv))
-    v = v * inv[..., None]
-    u = (q @ top) * sv[:, None, :]
-    if r < rank:  # fewer triplets exist than asked: pad with zeros so shapes stay fixed
-        u = torch.cat([u, u.new_zeros(b, o, rank - r)], dim=2)
-        v = torch.cat([v, v.new_zeros(b, rank - r, i)], dim=1)
-    return u, v
+    res = batched_low_rank(m, rank, oversample, power_iters, generator)
+    return res.u * res.s[:, None, :], res.vh
 
 
 # -- what one step recorded -----------------------------------------------------------------

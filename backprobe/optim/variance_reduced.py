@@ -52,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from backprobe.optim._base import DirectionStepper, check
+from backprobe.optim._base import DirectionStepper, check, evaluate
 from backprobe.optim.storage import Factored, LowRank, Partition, Storage, group_sizes, slot_count
 from backprobe.optim.svrg import SVRG, SVRGLD, full_gradient
 from backprobe.optim.tables import BatchGradients, Table, make_tables, table_from_state
@@ -143,10 +143,7 @@ class _TableMethod(DirectionStepper):
         Raises:
             ValueError: indices out of range or of the wrong length, gradients not recorded.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate(closure)
         idx = self._indices(indices)
         params = self._flat()
         b = int(idx.numel())
