@@ -122,12 +122,13 @@ class CurvatureOperator(LinearOperator):
         k = v.shape[1]
         vs = self.split(v.to(self.dtype))
         out = torch.zeros(self.shape[0], k, dtype=self.dtype, device=self.device)
-        for x, y in self.data:
-            if len(y) == 0:
-                continue
-            x = x.to(self.device) if isinstance(x, Tensor) else x
-            out.add_(self.join(self.batch_matmat(x, y.to(self.device), vs), k),
-                     alpha=self.weight(y))
+        with torch.no_grad():  # torch.func transforms still differentiate inside
+            for x, y in self.data:
+                if len(y) == 0:
+                    continue
+                x = x.to(self.device) if isinstance(x, Tensor) else x
+                out.add_(self.join(self.batch_matmat(x, y.to(self.device), vs), k),
+                         alpha=self.weight(y))
         return out
 
     def __repr__(self) -> str:
