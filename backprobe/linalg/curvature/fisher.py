@@ -89,7 +89,7 @@ class _OuterProductOperator(CurvatureOperator):
     def batch_matmat(self, x: Any, y: Tensor, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         f = self.forward_fn(x)
         ps = self.primals()
-        out, pullback = vjp(f, *ps)
+        out, pullback = vjp(f, *ps)  # type: ignore[misc]
         g = self.gradients(out.detach(), y)
         self._batch_index += 1
         scale = reduction_factor(self.loss_fn, out) / g.shape[0]

@@ -32,7 +32,7 @@ class GGNOperator(CurvatureOperator):
     def batch_matmat(self, x: Any, y: Tensor, v: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         f = self.forward_fn(x)
         ps = self.primals()
-        out, pullback = vjp(f, *ps)
+        out, pullback = vjp(f, *ps)  # type: ignore[misc]
         out = out.detach()
         loss_grad = jacrev(lambda o: self.loss_fn(o, y))
 

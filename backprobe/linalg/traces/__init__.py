@@ -67,7 +67,7 @@ def trace(
         (150.0, 20, 'auto:hutchinson')
     """
     kw: dict[str, Any] = {"distribution": distribution, "generator": generator}
-    adaptive = {"rtol": rtol, "atol": atol, "max_matvecs": max_matvecs}
+    adaptive: dict[str, Any] = {"rtol": rtol, "atol": atol, "max_matvecs": max_matvecs}
     if method == "na_hutchpp":
         if rtol is not None or atol is not None:
             raise ValueError("na_hutchpp is non-adaptive: rtol/atol are not supported")
