@@ -22,8 +22,9 @@ from torch import Tensor
 
 from backprobe.estimators._base import RandomEstimator
 from backprobe.layers import AffineOp, module_types
+from backprobe.linalg._probes import draw_probes, orthonormalise
 
-DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")
+DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")  # of linalg's, those Probe offers
 MODES = ("channel", "joint", "auto")
 
 
@@ -32,48 +33,6 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     if not dtype.is_floating_point:
         raise TypeError(f"Probe needs a floating-point input, got {dtype}")
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def draw_probes(
-    shape: tuple[int, ...], distribution: str, generator: torch.Generator,
-    device: torch.device, dtype: torch.dtype,
-) -> Tensor:
-    """Draw i.i.d. probe entries with mean 0 and variance 1.
-
-    Rademacher signs come from packed random bits (32 per draw), about 5x cheaper than
-    ``randn`` on CPU; uniform is U(-0.5, 0.5) scaled by sqrt(12) (the paper's choice).
-    """
-    if distribution == "gaussian":
-        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    if distribution == "uniform":
-        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-        return u.sub_(0.5).mul_(math.sqrt(12.0))
-    n = math.prod(shape)
-    words = torch.randint(
-        -(2**31), 2**31, ((n + 31) // 32,), generator=generator, device=device,
-        dtype=torch.int32,
-    )
-    shifts = torch.arange(32, device=device, dtype=torch.int32)
-    bits = (words.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[:n].reshape(shape).to(dtype).mul_(2).sub_(1)
-
-
-def orthonormalise(z: Tensor) -> Tensor:
-    """Orthonormalise probe rows ``z[b, :, Q]`` in blocks of at most ``Q``, scaled by sqrt(Q).
-
-    The Q factor is sign-fixed (positive diagonal of R), so it is equivariant under signed
-    permutations of the domain; for i.i.d. symmetric entries ``E[q q^T]`` is then a multiple
-    of the identity and ``E[z^T z] / r = I`` still holds. With ``r = Q`` the projection is
-    the identity: the estimate is exact.
-    """
-    q_dim = z.shape[-1]
-    blocks = []
-    for start in range(0, z.shape[-2], q_dim):
-        q, rr = torch.linalg.qr(z[..., start:start + q_dim, :].mT)
-        sign = torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1))
-        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-        blocks.append((q * sign.unsqueeze(-2)).mT)
-    return torch.cat(blocks, dim=-2) * math.sqrt(q_dim)
 
 
 class Probe(RandomEstimator):
