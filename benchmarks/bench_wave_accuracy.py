@@ -2,9 +2,15 @@
 
 Configuration (issue 10's): 200 x 200 grid, dx = 10 m, nt = 2000, dt = 1 ms, 10 Hz Ricker,
 200 surface receivers, space order 8, 20-cell absorbing layer, one shot in the middle of the
-surface. The true model is ``layered``; the gradient is taken at a smoothed start model for
-the misfit ``1/2 ||F(v0) - d_obs||^2`` (the first FWI gradient), with ``d_obs`` the true
-model's record, which data-informed probes also use. For each strategy: the relative L2 error
+surface. The true model is ``layered``; ``d_obs`` is its record, which data-informed probes
+also use. Gradients are taken at a smoothed start model ``v0`` for two adjoint sources:
+
+* ``rtm``: the gradient of ``-<F(v), d_obs>``, whose adjoint source is the observed data
+  itself: the reverse-time-migration image (the talk's SEAM/overthrust setting);
+* ``fwi``: the gradient of ``1/2 ||F(v) - d_obs||^2``, adjoint source the residual (the
+  first FWI gradient).
+
+For each strategy: the relative L2 error
 of its gradient against ``Exact()``'s on the interior cells (absorbing layer excluded), and
 the bytes it holds (``imaging.nbytes()`` after the forward: everything it allocates, block
 buffers included). Random strategies: one fixed seed per point (``--seeds`` for more; the
@@ -51,12 +57,18 @@ def setup(args: argparse.Namespace) -> dict:
     return dict(v0=v0, wavelet=wavelet, src=src, rec=rec, observed=observed, kw=kw)
 
 
-def gradient(case: dict, args: argparse.Namespace, imaging) -> tuple[torch.Tensor, int, float]:
+def gradient(case: dict, args: argparse.Namespace, imaging,
+             mode: str) -> tuple[torch.Tensor, int, float]:
+    """The gradient at v0: ``fwi`` of 1/2 ||F(v) - d||^2 (adjoint source: the residual) or
+    ``rtm`` of -<F(v), d> (adjoint source: the observed data, the RTM image)."""
     v = case["v0"].clone().requires_grad_(True)
     t0 = time.perf_counter()
     d = model(v, args.dx, args.dt, case["wavelet"], case["src"], case["rec"], imaging=imaging,
               observed=case["observed"], **case["kw"])
-    loss = 0.5 * (d - case["observed"]).pow(2).sum()
+    if mode == "fwi":
+        loss = 0.5 * (d - case["observed"]).pow(2).sum()
+    else:
+        loss = -(d * case["observed"]).sum()
     loss.backward()
     return v.grad.detach(), int(imaging.nbytes()), time.perf_counter() - t0
 
@@ -128,16 +140,29 @@ def pareto(points: list[dict], k_nyq: int) -> list[dict]:
     return rows
 
 
-def plot(points: list[dict], exact_bytes: int, path: Path, title: str) -> None:
+def plot(modes: dict[str, list[dict]], exact_bytes: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, len(modes), figsize=(9 * len(modes), 6.5), squeeze=False)
+    for ax, (mode, points) in zip(axes[0], modes.items()):
+        _panel(ax, points, exact_bytes, f"{title}\n{MODE_TITLES[mode]}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+MODE_TITLES = {"rtm": "RTM image: adjoint source = observed data",
+               "fwi": "FWI gradient: adjoint source = residual at the smoothed model"}
+
+
+def _panel(ax, points: list[dict], exact_bytes: int, title: str) -> None:
     fams: dict[str, list[dict]] = {}
     for p in points:
         fams.setdefault(p["family"], []).append(p)
-    fig, ax = plt.subplots(figsize=(9, 6))
     for fam, ps in fams.items():
         ps = sorted(ps, key=lambda p: p["bytes"])
         style = "-o" if "stride" in fam and "Exact" not in fam else "-s" if "Exact" in fam \
@@ -155,10 +180,51 @@ def plot(points: list[dict], exact_bytes: int, path: Path, title: str) -> None:
            ylabel="relative L2 error of the gradient vs Exact() (interior)",
            title=title)
     ax.legend(fontsize=6.5, ncol=2, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def run_mode(case: dict, args: argparse.Namespace, mode: str, k_nyq: int, rows: int) -> dict:
+    """Every strategy's gradient error and bytes for one adjoint source (``mode``)."""
+    g_ref, exact_bytes, t_ref = gradient(case, args, Exact(), mode)
+    print(f"[{mode}] Exact(): {exact_bytes / 1e6:.1f} MB, {t_ref:.1f} s (forward + adjoint); "
+          f"Nyquist stride {k_nyq}", flush=True)
+    points, skipped = [], []
+    for family, label, spec, random_ in strategies(args, k_nyq):
+        errors, errors_deep, times = [], [], []
+        try:
+            g, nbytes, t = gradient(case, args, build(spec, 0), mode)
+        except ValueError as err:  # e.g. data-informed r above the kept steps
+            skipped.append({"label": label, "reason": str(err)})
+            print(f"[{mode}] {label:<44}skipped: {err}", flush=True)
+            continue
+        for seed in range(args.seeds if random_ else 1):
+            if seed:
+                g, nbytes, t = gradient(case, args, build(spec, seed), mode)
+            errors.append(rel(g, g_ref))
+            errors_deep.append(rel(g, g_ref, rows))
+            times.append(t)
+        pt = {"family": family, "label": label, "bytes": nbytes,
+              "fewer_than_exact": exact_bytes / nbytes, "error": float(np.median(errors)),
+              "errors": errors, "error_below_water": float(np.median(errors_deep)),
+              "seconds": float(np.median(times))}
+        points.append(pt)
+        print(f"[{mode}] {label:<44}{nbytes / 1e6:>9.2f} MB {pt['fewer_than_exact']:>7.1f}x "
+              f"fewer  error {pt['error']:.4f} (below water {pt['error_below_water']:.4f}, "
+              f"{pt['seconds']:.1f} s)", flush=True)
+    by_label = {p["label"]: p for p in points}
+    targets = {}
+    for r, max_err, min_fewer in ((64, 0.01, 25.0), (32, 0.03, 40.0)):
+        pt = by_label.get(f"TimeProbe({r}, 'data', stride=1)")
+        if pt is not None:
+            targets[f"TimeProbe({r}, 'data')"] = {
+                "error": pt["error"], "error_below_water": pt["error_below_water"],
+                "fewer_than_exact": pt["fewer_than_exact"],
+                "target_error": max_err, "target_fewer": min_fewer,
+                "met": pt["error"] <= max_err and pt["fewer_than_exact"] >= min_fewer,
+                "met_below_water": pt["error_below_water"] <= max_err
+                and pt["fewer_than_exact"] >= min_fewer}
+    return {"exact_bytes": exact_bytes, "exact_seconds": t_ref, "points": points,
+            "targets": targets, "pareto_vs_strided_exact": pareto(points, k_nyq),
+            "skipped": skipped}
 
 
 def main() -> None:
@@ -177,6 +243,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="draws per random point")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="fewer points")
+    p.add_argument("--adjoint", choices=("rtm", "fwi", "both"), default="both",
+                   help="adjoint source: observed data (RTM) or the residual (FWI)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--fig", type=Path, default=FIG)
     args = p.parse_args()
@@ -185,62 +253,31 @@ def main() -> None:
     case = setup(args)
     rows = water_rows(layered((args.n, args.n)))
     t_start = time.perf_counter()
-    g_ref, exact_bytes, t_ref = gradient(case, args, Exact())
-    print(f"Exact(): {exact_bytes / 1e6:.1f} MB, {t_ref:.1f} s (forward + adjoint); "
-          f"Nyquist stride {k_nyq}", flush=True)
-    points, skipped = [], []
-    for family, label, spec, random_ in strategies(args, k_nyq):
-        errors, errors_deep, times = [], [], []
-        nbytes = 0
-        try:
-            imaging = build(spec, 0)
-            g, nbytes, t = gradient(case, args, imaging)
-        except ValueError as err:  # e.g. data-informed r above the kept steps
-            skipped.append({"label": label, "reason": str(err)})
-            print(f"{label:<44}skipped: {err}", flush=True)
-            continue
-        for seed in range(args.seeds if random_ else 1):
-            if seed:
-                g, nbytes, t = gradient(case, args, build(spec, seed))
-            errors.append(rel(g, g_ref))
-            errors_deep.append(rel(g, g_ref, rows))
-            times.append(t)
-        pt = {"family": family, "label": label, "bytes": nbytes,
-              "fewer_than_exact": exact_bytes / nbytes, "error": float(np.median(errors)),
-              "errors": errors, "error_below_water": float(np.median(errors_deep)),
-              "seconds": float(np.median(times))}
-        points.append(pt)
-        print(f"{label:<44}{nbytes / 1e6:>9.2f} MB {pt['fewer_than_exact']:>7.1f}x fewer  "
-              f"error {pt['error']:.4f}  ({pt['seconds']:.1f} s)", flush=True)
-    front = pareto(points, k_nyq)
-    by_label = {p["label"]: p for p in points}
-    targets = {}
-    for r, max_err, min_fewer in ((64, 0.01, 25.0), (32, 0.03, 40.0)):
-        pt = by_label.get(f"TimeProbe({r}, 'data', stride=1)")
-        if pt is not None:
-            targets[f"TimeProbe({r}, 'data')"] = {
-                "error": pt["error"], "fewer_than_exact": pt["fewer_than_exact"],
-                "target_error": max_err, "target_fewer": min_fewer,
-                "met": pt["error"] <= max_err and pt["fewer_than_exact"] >= min_fewer}
+    modes = ["rtm", "fwi"] if args.adjoint == "both" else [args.adjoint]
+    results: dict[str, dict] = {}
+    for mode in modes:
+        results[mode] = run_mode(case, args, mode, k_nyq, rows)
+    exact_bytes = results[modes[0]]["exact_bytes"]
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "nyquist_stride": k_nyq, "water_rows": rows,
         "machine": {"cpu": platform.processor() or platform.machine(),
                     "threads": args.threads, "torch": torch.__version__,
                     "note": "2-core CPU shared with other jobs: times are noisy"},
-        "exact_bytes": exact_bytes, "exact_seconds": t_ref, "points": points,
-        "targets": targets, "pareto_vs_strided_exact": front, "skipped": skipped,
+        "exact_bytes": exact_bytes, "modes": results,
         "total_seconds": time.perf_counter() - t_start,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    plot(points, exact_bytes, args.fig,
+    plot({m: r["points"] for m, r in results.items()}, exact_bytes, args.fig,
          f"Gradient accuracy against memory: {args.n}x{args.n}, nt={args.nt}, "
          f"{args.freq:g} Hz, order {args.space_order}, {args.shots} shot(s)")
-    print(json.dumps(targets, indent=2))
-    lose = [r for r in front if r["probing_better"] is False and r["below_nyquist_strided_storage"]]
-    print(f"Pareto: {len(front)} probe points on stride {k_nyq}; worse than Exact(stride=k) at "
-          f"equal bytes: {[r['label'] for r in lose]}")
+    for mode, r in results.items():
+        print(mode, json.dumps(r["targets"], indent=2))
+        lose = [p["label"] for p in r["pareto_vs_strided_exact"]
+                if p["probing_better"] is False and p["below_nyquist_strided_storage"]]
+        print(f"{mode} Pareto: {len(r['pareto_vs_strided_exact'])} probe points on stride "
+              f"{k_nyq}; worse than Exact(stride=k) at equal bytes: {lose}")
     print(f"wrote {args.out} and {args.fig}")
 
 
