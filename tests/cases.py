@@ -151,6 +151,17 @@ def data(shape: tuple[int, ...], loss: str = "ce", seed: int = 0, classes: int =
     return x, target(loss, shape[0], g, classes)
 
 
+def record_run(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               *quantities: Any) -> dict[str, nn.Parameter]:
+    """One ``loss.backward()`` under ``backprobe.quantities.record``; the named parameters."""
+    from backprobe.quantities import record
+
+    model.zero_grad()
+    with record(model, *quantities, loss_fn=loss_fn):
+        loss_fn(model(x), y).backward()
+    return dict(model.named_parameters())
+
+
 # -- networks ------------------------------------------------------------------------------
 def layer_network(case: LayerCase, classes: int = 3) -> nn.Module:
     """``case``'s layer, ReLU, Flatten and a Linear head: a network for quantity tests."""

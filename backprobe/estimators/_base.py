@@ -130,7 +130,10 @@ class EstimatedAffineFn(torch.autograd.Function):
     """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, op, estimator):  # noqa: D102
+    def forward(  # type: ignore[override]  # noqa: D102
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, op: AffineOp,
+        estimator: Estimator,
+    ) -> Tensor:
         out = op.forward(x, weight, bias)
         ctx.op, ctx.estimator, ctx.input_shape = op, estimator, tuple(x.shape)
         saved: tuple[Tensor, ...] = ()
@@ -142,7 +145,7 @@ class EstimatedAffineFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # noqa: D102
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # noqa: D102
         weight, *saved = ctx.saved_tensors
         mask = tuple(ctx.needs_input_grad[:3])
         gi, gw, gb = ctx.estimator.backward(

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from backprobe.quantities import KFLR, KFRA, record
+from backprobe.quantities import KFLR, KFRA
 from tests import cases
 
 pytestmark = pytest.mark.usefixtures("float64_default")
@@ -23,12 +23,7 @@ def data(arch: str, n: int, loss: str, seed: int = 0) -> tuple[torch.Tensor, tor
     return cases.data((n, 2, 8, 8) if arch == "cnn" else (n, 4), loss, seed)
 
 
-def run(model, loss_fn, x, y, *quantities):
-    model.zero_grad()
-    with record(model, *quantities, loss_fn=loss_fn):
-        loss = loss_fn(model(x), y)
-        loss.backward()
-    return dict(model.named_parameters())
+run = cases.record_run
 
 
 def reference_kfra(model: nn.Sequential, loss_fn, x, y) -> dict[str, list[torch.Tensor]]:

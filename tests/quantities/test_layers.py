@@ -27,16 +27,13 @@ from backprobe.quantities.reference import (
     reference_batch_grad,
     reference_per_example_ggn,
 )
+from tests import cases
 from tests.cases import CONV_TYPES, LAYERS, NORM_NETWORKS, EmbedNet, layer_ids, layer_network
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
 
-def _run(model, loss_fn, x, y, *qs):
-    model.zero_grad()
-    with record(model, *qs, loss_fn=loss_fn):
-        loss_fn(model(x), y).backward()
-    return dict(model.named_parameters())
+_run = cases.record_run
 
 
 def _check_first_order(model, loss_fn, x, y):

@@ -42,12 +42,7 @@ sequential = cases.conv_sequential
 LOSSES = cases.LOSSES
 
 
-def run(model, loss_fn, x, y, *quantities):
-    model.zero_grad()
-    with record(model, *quantities, loss_fn=loss_fn):
-        loss = loss_fn(model(x), y)
-        loss.backward()
-    return dict(model.named_parameters())
+run = cases.record_run
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
