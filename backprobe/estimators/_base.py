@@ -130,7 +130,7 @@ class EstimatedAffineFn(torch.autograd.Function):
     """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient."""
 
     @staticmethod
-    def forward(  # type: ignore[override]  # noqa: D102
+    def forward(  # noqa: D102
         ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, op: AffineOp,
         estimator: Estimator,
     ) -> Tensor:
@@ -145,7 +145,7 @@ class EstimatedAffineFn(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]  # noqa: D102
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         weight, *saved = ctx.saved_tensors
         mask = tuple(ctx.needs_input_grad[:3])
         gi, gw, gb = ctx.estimator.backward(
