@@ -208,10 +208,11 @@ def model(
             warnings.warn(msg, stacklevel=2)
             logger.info(msg)
     else:
-        ns = 1 if substeps is None else substeps
-        if isinstance(ns, bool) or not isinstance(ns, int) or ns < 1:
+        fixed = 1 if substeps is None else substeps
+        if isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1:
             raise ValueError(
                 f"substeps must be 'auto', None or a positive integer, got {substeps!r}")
+        ns = fixed
         if dt / ns > limit * (1 + 1e-9):
             raise ValueError(
                 f"dt={dt} (with substeps={ns}) violates the CFL limit dt <= {limit:.6g} s "

@@ -163,3 +163,20 @@ def test_no_grad_keeps_nothing():
     imaging = TimeProbe(5, seed=0)
     d = model(V, DX, DT, W, SRC, REC, imaging=imaging, **KW)
     assert imaging.nbytes() == 0 and d.grad_fn is None
+
+
+def test_substeps_with_probes_and_checkpoint():
+    """Strategies act on internal steps: with substeps, full-rank probes stay exact."""
+    dt = 4e-3  # two internal steps per sample for these velocities
+    w = W[:30]
+    obs = model(V, DX, dt, w, SRC, REC, substeps=2, **KW)
+    grads = []
+    for imaging in (Exact(), Checkpoint(3), TimeProbe(60, "data", seed=0), DFT(31)):
+        vg = V.clone().requires_grad_()
+        d = model(vg, DX, dt, w, SRC, REC, imaging=imaging, substeps=2, observed=obs, **KW)
+        assert imaging.last_info.n_steps == 60
+        (d * DD[..., :30]).sum().backward()
+        grads.append(vg.grad)
+    assert torch.equal(grads[0], grads[1])
+    for g in grads[2:]:
+        assert rel(g, grads[0]) < 1e-13
