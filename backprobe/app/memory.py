@@ -1,7 +1,7 @@
 """``backprobe memory``: saved activation bytes per layer, exact vs an estimator.
 
-With ``--vr``, the per-example gradient tables of SAGA instead (see
-:mod:`backprobe.optim.vr_memory`).
+With ``--vr``, the per-example gradient tables of SAGA instead, next to El Hanchi's table
+(:mod:`backprobe.app.vr_table`, computed by :mod:`backprobe.optim.vr_memory`).
 """
 
 from __future__ import annotations
