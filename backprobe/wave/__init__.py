@@ -8,9 +8,22 @@ forward keeps and how backward forms the velocity gradient.
 from backprobe.wave.checkpoint import Checkpoint
 from backprobe.wave.dft import DFT
 from backprobe.wave.exact import Exact
+from backprobe.wave.fwi import (
+    FWIResult,
+    Misfit,
+    Precondition,
+    Survey,
+    fwi,
+    model_error,
+    simulate,
+    surface_survey,
+)
 from backprobe.wave.imaging import Imaging, ModellingInfo
+from backprobe.wave.io import ShotGathers, read_raw, read_segy, write_raw, write_segy
 from backprobe.wave.modelling import model
+from backprobe.wave.optimize import SPG, SPGState, lbfgsb
 from backprobe.wave.time_probe import TimeProbe
+from backprobe.wave.velocity_models import layered, overthrust, smooth, water_rows
 from backprobe.wave.wavelets import ricker
 
 __all__ = [
@@ -22,4 +35,25 @@ __all__ = [
     "TimeProbe",
     "model",
     "ricker",
+    # FWI, models and data
+    "FWIResult",
+    "Misfit",
+    "Precondition",
+    "SPG",
+    "SPGState",
+    "ShotGathers",
+    "Survey",
+    "fwi",
+    "layered",
+    "lbfgsb",
+    "model_error",
+    "overthrust",
+    "read_raw",
+    "read_segy",
+    "simulate",
+    "smooth",
+    "surface_survey",
+    "water_rows",
+    "write_raw",
+    "write_segy",
 ]
