@@ -27,7 +27,6 @@ from _harness import arguments, markdown_table, progress, time_interleaved, writ
 
 from backprobe.wave import Exact, TimeProbe, model, ricker  # noqa: E402
 
-
 COLUMNS = ["order", "shots", "method", "median_s", "per_shot_s", "time_vs_exact", "repeats"]
 
 
