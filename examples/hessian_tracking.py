@@ -26,6 +26,7 @@ from backprobe.app.training import build_model, load_data
 
 
 def main() -> None:
+    """Train, probing the Hessian every few steps; write the JSON and the figure."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mnist_cnn")
