@@ -21,13 +21,13 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from backprobe.app import bench, compare, fwi, memory, training, variance
+from backprobe.app import bench, compare, fwi, memory, spectrum, training, variance
 from backprobe.app.spec import grammar
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The command modules, in the order ``backprobe --help`` lists them.
-COMMANDS: tuple[ModuleType, ...] = (training, compare, memory, variance, bench, fwi)
+COMMANDS: tuple[ModuleType, ...] = (training, compare, memory, variance, bench, fwi, spectrum)
 
 
 def build_parser(commands: Sequence[ModuleType] = COMMANDS) -> argparse.ArgumentParser:
