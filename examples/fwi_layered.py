@@ -2,7 +2,7 @@
 
 A minimal tour of ``backprobe.wave``'s FWI side: a synthetic model and its smoothed start,
 a surface survey, synthetic observed data, and 10 SPG iterations with
-``TimeProbe(32, "data")`` gradients (about 20x fewer bytes than exact ones here). The same
+``TimeProbe(32, "data")`` gradients (about 12x fewer bytes than exact ones here). The same
 loop runs sharded over processes under ``torchrun`` (each process models its share of the
 shots; see ``backprobe.wave.distributed``).
 
@@ -11,6 +11,7 @@ shots; see ``backprobe.wave.distributed``).
 """
 
 import torch
+import torch.distributed as dist
 
 from backprobe.wave import TimeProbe
 from backprobe.wave.distributed import init_from_env, rank_and_world
@@ -40,6 +41,8 @@ def main() -> None:
         print(f"{world} process(es); model error {result.model_errors[0]:.4f} -> "
               f"{result.model_errors[-1]:.4f}; {result.max_nbytes / 1e6:.1f} MB held by the "
               f"imaging strategy; {result.evaluations} misfit evaluations")
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -247,16 +247,29 @@ def _relative_error(a: Any, b: Any, rows: int) -> float:
 
 def run_fwi(args: argparse.Namespace) -> int:
     """Run ``backprobe fwi``: one inversion per imaging strategy; JSON and PNGs in ``--out``."""
+    _check_fwi_args(args)
+    if not args.ddp:
+        return _run_fwi(args)
+    import torch.distributed as dist
+
+    from backprobe.wave.distributed import init_from_env
+
+    init_from_env("gloo")
+    try:
+        return _run_fwi(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_fwi(args: argparse.Namespace) -> int:
     import torch
 
-    from backprobe.wave.distributed import init_from_env, rank_and_world
+    from backprobe.wave.distributed import rank_and_world
     from backprobe.wave.fwi import Misfit, Precondition, fwi, simulate, surface_survey
     from backprobe.wave.io import write_raw
     from backprobe.wave.velocity_models import smooth, water_rows
 
-    _check_fwi_args(args)
-    if args.ddp:
-        init_from_env("gloo")
     rank, world = rank_and_world()
     out = Path(args.out)
     v_true = _load_model(args)
