@@ -111,8 +111,8 @@ def top_eigenpairs(
             ``k + oversample``, largest magnitude only).
         which: ``"LA"`` largest algebraic or ``"LM"`` largest magnitude (Lanczos).
         tol: stop when every residual ``<= tol * |largest Ritz value|``.
-        max_matvecs: budget (default: ``n`` for Lanczos, ``50 (k + oversample)`` for
-            subspace iteration).
+        max_matvecs: budget (default: ``min(n, 500)`` for Lanczos, ``50 (k + oversample)``
+            for subspace iteration).
         oversample: extra block vectors (subspace iteration).
         generator: private generator or seed for the start vector(s).
 
@@ -130,7 +130,7 @@ def top_eigenpairs(
         raise ValueError(f"which must be 'LA' or 'LM', got {which!r}")
     gen = as_generator(generator)
     if method == "lanczos":
-        return _lanczos_top(op, k, which, tol, min(n, max_matvecs or n), gen)
+        return _lanczos_top(op, k, which, tol, min(n, max_matvecs or 500), gen)
     if method == "subspace":
         if which != "LM":
             which = "LM"
@@ -145,12 +145,15 @@ def _lanczos_top(
     n = op.shape[0]
     v = torch.randn(n, generator=gen, dtype=op.dtype).to(op.device)
     v = v / torch.linalg.vector_norm(v)
-    basis = torch.zeros(n, budget, dtype=op.dtype, device=op.device)
+    basis = torch.zeros(n, min(budget, 64), dtype=op.dtype, device=op.device)
     alphas: list[float] = []
     betas: list[float] = []
-    check = max(2 * k + 10, 20)
+    check = min(max(2 * k + 10, 20), budget)
     tiny = math.sqrt(torch.finfo(op.dtype).eps)
     for j in range(budget):
+        if j == basis.shape[1]:  # grow the basis' storage geometrically
+            more = torch.zeros(n, min(budget, 2 * j) - j, dtype=op.dtype, device=op.device)
+            basis = torch.cat([basis, more], 1)
         basis[:, j] = v
         w = op.matmat(v[:, None])[:, 0]
         alphas.append(float(v @ w))
@@ -160,7 +163,7 @@ def _lanczos_top(
         betas.append(b)
         steps = j + 1
         breakdown = b <= tiny * max(abs(a) for a in alphas)
-        if steps >= min(check, budget) or breakdown or steps == budget:
+        if steps >= check or breakdown or steps == budget:
             t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
             off = torch.tensor(betas[:-1], dtype=torch.float64)
             t = t + torch.diag(off, 1) + torch.diag(off, -1)
@@ -173,8 +176,6 @@ def _lanczos_top(
                 vecs = basis[:, :steps] @ y[:, idx].to(op.dtype)
                 return Eigenpairs(theta[idx].to(op.dtype), vecs, res.to(op.dtype), steps, ok)
             check = steps + max(5, steps // 4)
-        if breakdown:
-            break
         v = w / b
     raise AssertionError("unreachable")
 
