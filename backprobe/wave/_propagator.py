@@ -26,6 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from backprobe.wave._cpml import CPML
+
 #: Centred second-derivative coefficients ``(c_0, c_1, ..., c_h)`` by accuracy order.
 COEFFICIENTS: dict[int, tuple[float, ...]] = {
     2: (-2.0, 1.0),
@@ -67,6 +69,14 @@ def damping_profile(
     return sigma
 
 
+def dominant_frequency(wavelet: Tensor, dt: float) -> float:
+    """Peak of the mean wavelet's amplitude spectrum (Hz), at least one frequency bin."""
+    w = wavelet.detach().double().mean(0)
+    spec = torch.fft.rfft(w).abs()
+    df = 1.0 / (w.shape[0] * dt)
+    return max(float(spec.argmax()) * df, df)
+
+
 class Propagator:
     """One modelling call's fields, coefficients and buffers (no autograd inside).
 
@@ -87,7 +97,7 @@ class Propagator:
     def __init__(
         self, v: Tensor, dx: float, dt: float, order: int, pml: int, vmax: float,
         wavelet: Tensor, src_index: Tensor, src_weight: Tensor, rec_index: Tensor,
-        rec_weight: Tensor,
+        rec_weight: Tensor, boundary: str = "damping", pml_freq: float | None = None,
     ) -> None:
         self.dtype, self.device = v.dtype, v.device
         self.dom = tuple(v.shape)
@@ -97,7 +107,11 @@ class Propagator:
         self.shots, self.n_steps = wavelet.shape
         self.dt = dt
         self.n_rec, self.k_corners = rec_index.shape[1], rec_index.shape[2]
-        sigma = damping_profile(self.dom, pml, dx, vmax).to(self.device)
+        self.boundary = boundary
+        if boundary == "cpml":
+            sigma = torch.zeros(self.dom, dtype=torch.float64, device=self.device)
+        else:
+            sigma = damping_profile(self.dom, pml, dx, vmax).to(self.device)
         c = 1.0 / (1.0 + 0.5 * dt * sigma)
         self.m = (v.double() ** 2) * dt**2
         self.C = c.to(self.dtype)
@@ -142,6 +156,13 @@ class Propagator:
         self.views = [self._stencil_views(b) for b in self.bufs]
         self.scratch = torch.empty((s, *self.dom), dtype=self.dtype, device=self.device)
         self.cur = 0
+        self.cpml: CPML | None = None
+        if boundary == "cpml":
+            freq = pml_freq if pml_freq is not None else dominant_frequency(wavelet, dt)
+            self.cpml = CPML(self.dom, h, order, dx, dt, pml, vmax, freq, s, self.dtype,
+                             self.device, coeff)
+        #: Fields per state (pressure now and before, plus CPML memory variables).
+        self.n_state = 2 + (2 * self.ndim if self.cpml is not None else 0)
 
     def _stencil_views(self, buf: Tensor) -> tuple[Tensor, list[tuple[float, Tensor, Tensor]]]:
         h = self.halo
@@ -156,9 +177,14 @@ class Propagator:
                 terms.append((ck, buf[tuple(plus)], buf[tuple(minus)]))
         return centre, terms
 
-    def laplacian(self, which: int, out: Tensor, accumulate: bool = False) -> Tensor:
-        """``out = L p`` (or ``out += L p``) for padded buffer ``which`` (or views)."""
-        return self._apply_laplacian(self.views[which], out, accumulate)
+    def laplacian(self, which: int, out: Tensor) -> Tensor:
+        """``out = L p`` for padded buffer ``which``.
+
+        With a CPML: ``L_pml p``, which advances the memory variables to the current step.
+        """
+        if self.cpml is not None:
+            return self.cpml.laplacian(self.bufs[which], out)
+        return self._apply_laplacian(self.views[which], out, False)
 
     def _apply_laplacian(
         self, views: tuple[Tensor, list[tuple[float, Tensor, Tensor]]], out: Tensor,
@@ -179,6 +205,8 @@ class Propagator:
         """Zero state: ``p_0 = p_{-1} = 0``, positioned before step 0."""
         for b in self.bufs:
             b.zero_()
+        if self.cpml is not None:
+            self.cpml.reset()
         self.cur = 0
 
     def step(self, n: int, lap_out: Tensor | None, record: Tensor | None = None) -> Tensor:
@@ -204,13 +232,19 @@ class Propagator:
         return a
 
     def current_laplacian(self, out: Tensor) -> Tensor:
-        """``L p_n`` for the current state, exactly as ``step`` would compute it."""
+        """``L p_n`` for the current state, exactly as ``step`` would compute it.
+
+        With a CPML this advances the memory variables: reload a state before stepping on.
+        """
         return self.laplacian(self.cur, out)
 
     def save_state(self, into: Tensor) -> None:
-        """Copy ``(p_n, p_{n-1})`` on ``D`` into ``into`` (``[2, S, *D]``)."""
+        """Copy the state on ``D`` into ``into`` (``[n_state, S, *D]``)."""
         into[0].copy_(self.inner[self.cur])
         into[1].copy_(self.inner[1 - self.cur])
+        if self.cpml is not None:
+            for i, t in enumerate(self.cpml.state):
+                into[2 + i].copy_(t)
 
     def load_state(self, state: Tensor | None) -> None:
         """Restore a state saved by ``save_state`` (``None``: the zero initial state)."""
@@ -220,6 +254,9 @@ class Propagator:
             return
         self.inner[0].copy_(state[0])
         self.inner[1].copy_(state[1])
+        if self.cpml is not None:
+            for i, t in enumerate(self.cpml.state):
+                t.copy_(state[2 + i])
 
     def forward(
         self, slot: Callable[[int], Tensor | None], commit: Callable[[int], None],
@@ -275,12 +312,17 @@ class Propagator:
         b = torch.empty((s, *dom), dtype=self.dtype, device=self.device)
         gw = (torch.empty((n_steps, s, self.src_index_d.shape[1]), dtype=self.dtype,
                           device=self.device) if want_wavelet else None)
+        if self.cpml is not None:
+            self.cpml.adjoint_setup()
         na = 0
         for n in range(n_steps - 1, -1, -1):
             q1, new = q[na], q[1 - na]  # lambda_{n+2}; storage of lambda_{n+3}
             torch.mul(q1, self.Cm, out=tmp_inner)
             new.mul_(self.Bn)
-            self._apply_laplacian(tmp_views, new, accumulate=True)
+            if self.cpml is not None:
+                self.cpml.adjoint_terms(tmp_inner, new)
+            else:
+                self._apply_laplacian(tmp_views, new, accumulate=True)
             new.addcmul_(self.A, q1)
             new.view(s, -1).scatter_add_(1, self.rec_index_d, g[n])
             na = 1 - na  # q[na] = lambda_{n+1}

@@ -37,7 +37,8 @@ class _CheckpointPass(ImagingPass):
         self.keep = keep
         n = prop.n_steps
         self.slots = min(snapshots, max(n - 1, 1))
-        self.pool = self.hold(empty_field(prop, self.slots, 2)) if keep else None
+        self.pool = (self.hold(empty_field(prop, self.slots, prop.n_state)) if keep
+                     else None)
         self.pos = [-1] * self.slots
         # The schedule's first descent: stored during the forward run.
         self.spine: dict[int, int] = {}
@@ -110,7 +111,9 @@ class Checkpoint(Imaging):
 
     Exact: the gradient equals ``Exact()``'s bit for bit, at the price of recomputing
     forward steps (about ``rho`` times each, ``beta(snapshots + 1, rho) >= N``).
-    Memory: ``snapshots * 2 * S * |D|`` numbers (the rest state is implicit).
+    Memory: ``snapshots * n_state * S * |D|`` numbers, ``n_state = 2`` fields per state
+    (``2 + 2 ndim`` with a CPML, whose memory variables are part of the state); the rest
+    state is implicit.
 
     Args:
         snapshots: Number of stored states (``>= 1``).

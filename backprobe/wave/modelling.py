@@ -96,12 +96,14 @@ def model(
     v: Tensor, dx: float, dt: float, wavelet: Tensor, src_pos: Any, rec_pos: Any, *,
     imaging: Imaging | None = None, space_order: int = 8, pml_width: int = 20,
     substeps: int | str | None = "auto", observed: Tensor | None = None,
+    boundary: str = "damping", pml_freq: float | None = None, max_vel: float | None = None,
 ) -> Tensor:
     """Model receiver data with the constant-density acoustic wave equation.
 
     Solves ``u_tt = v^2 lap(u) + s`` by second-order leapfrog in time and a centred
-    ``space_order`` Laplacian, with a quadratic damping layer of ``pml_width`` cells on
-    every side (the velocity is extended into it by its edge values). Differentiable with
+    ``space_order`` Laplacian, with an absorbing layer of ``pml_width`` cells on every
+    side (a damping layer, or a convolutional PML; the velocity is extended into it by
+    its edge values). Differentiable with
     respect to ``v`` and ``wavelet``; backward runs the exact discrete adjoint and forms
     the velocity gradient with ``imaging``.
 
@@ -129,6 +131,15 @@ def model(
             number of internal steps per sample that satisfies it (with a warning; see
             ``imaging.last_info``). An integer fixes it; ``None`` means 1.
         observed: Observed data ``[shots, n_rec, nt]``; required by data-informed probes.
+        boundary: ``"damping"`` (a quadratic damping layer, the default) or ``"cpml"`` (a
+            convolutional PML, Pasalic & McGarry 2010: far less reflective at the same
+            width, about three times the stencil work in forward and adjoint).
+        pml_freq: The CPML's frequency (Hz) for its ``alpha`` profile; default: the peak
+            of the wavelet's amplitude spectrum.
+        max_vel: Velocity that sets the absorbing layer's strength (default ``v.max()``).
+            The layer is treated as fixed when differentiating, so with the default the
+            gradient ignores how ``v.max()`` moves the layer; pass a number to make the
+            modelled data exactly the function whose gradient is returned.
 
     Returns:
         Receiver data ``[shots, n_rec, nt]``: sample ``i`` is the pressure at ``(i + 1) dt``.
@@ -163,6 +174,12 @@ def model(
         raise ValueError(f"space_order must be one of {sorted(COEFFICIENTS)}, got {space_order}")
     if isinstance(pml_width, bool) or not isinstance(pml_width, int) or pml_width < 0:
         raise ValueError(f"pml_width must be a non-negative integer, got {pml_width!r}")
+    if boundary not in ("damping", "cpml"):
+        raise ValueError(f"boundary must be 'damping' or 'cpml', got {boundary!r}")
+    if max_vel is not None and not (math.isfinite(max_vel) and max_vel > 0):
+        raise ValueError(f"max_vel must be a positive velocity in m/s, got {max_vel!r}")
+    if pml_freq is not None and not (math.isfinite(pml_freq) and pml_freq > 0):
+        raise ValueError(f"pml_freq must be a positive frequency in Hz, got {pml_freq!r}")
     ndim = v.dim()
     interior = tuple(v.shape)
     src = _positions(src_pos, "src_pos", None, ndim, v)
@@ -232,9 +249,10 @@ def model(
         v_dom = F.pad(v[None, None], (pml_width,) * (2 * ndim), mode="replicate")[0, 0]
     else:
         v_dom = v
-    geom = dict(dx=float(dx), dt=dt_int, order=space_order, pml=pml_width, vmax=vmax,
+    layer_v = vmax if max_vel is None else float(max_vel)
+    geom = dict(dx=float(dx), dt=dt_int, order=space_order, pml=pml_width, vmax=layer_v,
                 src_index=src_idx, src_weight=src_w.to(dtype), rec_index=rec_idx,
-                rec_weight=rec_w.to(dtype))
+                rec_weight=rec_w.to(dtype), boundary=boundary, pml_freq=pml_freq)
     info = ModellingInfo(substeps=ns, dt_internal=dt_int, n_steps=nt * ns,
                          domain_shape=tuple(v_dom.shape), shots=shots)
     imaging.last_info = info

@@ -37,6 +37,18 @@ def test_checkpoint_equals_exact_bit_for_bit(snapshots):
     assert imaging.nbytes() == slots * 2 * 2 * 18 * 21 * 8
 
 
+@pytest.mark.parametrize("snapshots", [1, 4])
+def test_checkpoint_equals_exact_with_cpml(snapshots):
+    layer = dict(boundary="cpml", max_vel=2500.0)
+    grads = []
+    for imaging in (Exact(), Checkpoint(snapshots)):
+        vg = V.clone().requires_grad_()
+        (model(vg, DX, DT, W, SRC, REC, imaging=imaging, **KW, **layer) * DD).sum().backward()
+        grads.append(vg.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert imaging.nbytes() == snapshots * (2 + 2 * 2) * 2 * 18 * 21 * 8
+
+
 def test_checkpoint_split_respects_binomial_bounds():
     from math import comb
     for s in range(2, 8):
