@@ -136,12 +136,11 @@ class CPML:
 
     # ----------------------------------------------------------------- adjoint
     def adjoint_setup(self) -> None:
-        s = self.g.shape[0]
-        kw = dict(dtype=self.g.dtype, device=self.g.device)
-        self.mu = [torch.zeros((s, *self.dom), **kw) for _ in self.dom]  # type: ignore[arg-type]
-        self.nu = [torch.zeros((s, *self.dom), **kw) for _ in self.dom]  # type: ignore[arg-type]
-        self.tw = torch.zeros((s, *self.pad), **kw)  # type: ignore[arg-type]
-        self.tg = torch.zeros((s, *self.pad), **kw)  # type: ignore[arg-type]
+        """Allocate the adjoint memory variables and padded scratch (all zero)."""
+        self.mu = [torch.zeros_like(self.g) for _ in self.dom]
+        self.nu = [torch.zeros_like(self.g) for _ in self.dom]
+        self.tw = self.g.new_zeros((self.g.shape[0], *self.pad))
+        self.tg = self.g.new_zeros((self.g.shape[0], *self.pad))
         self.tw_in, self.tg_in = self.tw[self.inner_index], self.tg[self.inner_index]
 
     def adjoint_terms(self, lbar: Tensor, new: Tensor) -> None:

@@ -84,8 +84,11 @@ def model_reference(
 
     def deriv1(p: Tensor, a: int) -> Tensor:
         pp = along(p, a)
-        return sum(d1[k - 1] * (pp.narrow(a + 1, h + k, dom[a]) - pp.narrow(a + 1, h - k, dom[a]))
-                   for k in range(1, h + 1)) / dx
+        out = torch.zeros_like(p)
+        for k in range(1, h + 1):
+            out = out + d1[k - 1] * (pp.narrow(a + 1, h + k, dom[a])
+                                     - pp.narrow(a + 1, h - k, dom[a]))
+        return out / dx
 
     def deriv2(p: Tensor, a: int) -> Tensor:
         pp = along(p, a)
