@@ -82,6 +82,17 @@ LAYER_FAMILIES: dict[str, list[LayerCase]] = {
         (nn.Conv3d, dict(in_channels=2, out_channels=4, kernel_size=2, stride=(1, 2, 1),
                          groups=2), (2, 2, 4, 5, 3)),
     ),
+    "conv_transpose": _cases(
+        "conv_transpose",
+        (nn.ConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=(3, 2),
+                                  stride=(2, 1), padding=(1, 0), output_padding=(1, 0),
+                                  dilation=(1, 2), groups=2), (3, 4, 5, 4)),
+        (nn.ConvTranspose1d, dict(in_channels=3, out_channels=2, kernel_size=3, padding=1,
+                                  dilation=2, output_padding=1), (2, 3, 8)),
+        (nn.ConvTranspose3d, dict(in_channels=2, out_channels=3, kernel_size=(2, 1, 2),
+                                  stride=2, output_padding=1, dilation=3, bias=False),
+         (2, 2, 3, 2, 3)),
+    ),
 }
 
 #: Every layer configuration, flat.

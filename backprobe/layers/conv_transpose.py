@@ -1,0 +1,117 @@
+"""``nn.ConvTranspose1d/2d/3d`` in canonical form (the roles of input and output swap).
+
+A transposed convolution scatters each input position through the kernel:
+``y[n, o, p] = sum_{c, k} W[c, o, k] x[n, c, q]`` over ``p = q * stride - padding +
+k * dilation``. Per *output* position ``p`` that is the canonical form with the unfolded
+input ``a[n, p, (c, k)] = x[n, c, q]`` (zero where no ``q`` lands on ``p``), ``D_in =
+C_in * prod(k)``, ``D_out = C_out``; the weight ``[C_in, C_out / groups, *k]`` is the
+(block-diagonal) matrix ``[D_out, D_in]`` transposed per block. Its weight gradient is the
+correlation of the output gradient with the input, which aten's convolution backward with
+``transposed=True`` evaluates exactly (stride, dilation, groups, ``output_padding``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from backprobe.layers._base import AffineOp, register_op
+from backprobe.layers.conv import CONV_FN, CONV_T_FN, dummy
+
+
+@register_op(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@dataclass(frozen=True)
+class ConvTransposeOp(AffineOp):
+    """An N-d transposed convolution (``padding_mode="zeros"``, the only one torch allows)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    shares_weights = True
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> ConvTransposeOp:
+        assert isinstance(module, nn.modules.conv._ConvTransposeNd)
+        return cls(
+            module.in_channels, module.out_channels, tuple(module.kernel_size),
+            tuple(module.stride), tuple(module.padding),  # type: ignore[arg-type]
+            tuple(module.output_padding), tuple(module.dilation), module.groups,
+        )
+
+    @property
+    def dim(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def d_in(self) -> int:
+        return self.in_channels * math.prod(self.kernel_size)
+
+    @property
+    def d_out(self) -> int:
+        return self.out_channels
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return CONV_T_FN[self.dim](x, weight, bias, self.stride, self.padding,
+                                   self.output_padding, self.groups, self.dilation)
+
+    def _aten_backward(
+        self, g: Tensor, x: Tensor, weight: Tensor, groups: int, mask: tuple[bool, bool, bool]
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return torch.ops.aten.convolution_backward(
+            g, x, weight, [g.shape[1]] if mask[2] else None, list(self.stride),
+            list(self.padding), list(self.dilation), True, list(self.output_padding), groups,
+            list(mask),
+        )
+
+    def backward(
+        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
+        mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        need_in, need_w, need_b = mask
+        if x is None or not need_w:
+            gi = None
+            if need_in:  # the adjoint is a plain convolution; trim what output_padding adds
+                gi = CONV_FN[self.dim](g, weight.to(g.dtype), None, self.stride, self.padding,
+                                       self.dilation, self.groups)
+                for d, size in enumerate(input_shape[2:], start=2):
+                    gi = gi.narrow(d, 0, size)
+            gb = g.sum([0, *range(2, g.dim())]) if need_b else None
+            return gi, None, gb
+        return self._aten_backward(g, x, weight.to(g.dtype), self.groups, mask)
+
+    def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
+        groups = self.groups if groups is None else groups
+        shape = (x.shape[1], g.shape[1] // groups, *self.kernel_size)
+        out = self._aten_backward(g, x.to(g.dtype), dummy(g, shape), groups, (False, True, False))
+        assert out[1] is not None
+        return out[1]
+
+    def canonical_input(self, x: Tensor) -> Tensor:
+        # Scatter with a one-hot kernel: output channel c*K + k receives channel c via offset k.
+        c, k = x.shape[1], math.prod(self.kernel_size)
+        eye = torch.eye(k, dtype=x.dtype, device=x.device).reshape(1, k, *self.kernel_size)
+        cols = CONV_T_FN[self.dim](x, eye.expand(c, *eye.shape[1:]), None, self.stride,
+                                   self.padding, self.output_padding, c, self.dilation)
+        return cols.flatten(2).transpose(1, 2)
+
+    def canonical_output_grad(self, g: Tensor) -> Tensor:
+        return g.flatten(2).transpose(1, 2)
+
+    def weight_from_matrix(self, m: Tensor) -> Tensor:
+        lead, grp = m.shape[:-2], self.groups
+        m = m.reshape(*lead, grp, m.shape[-2] // grp, grp, m.shape[-1] // grp)
+        return self.weight_from_blocks(torch.diagonal(m, dim1=-4, dim2=-2).movedim(-1, -3))
+
+    def weight_from_blocks(self, blocks: Tensor) -> Tensor:
+        lead, grp, o = blocks.shape[:-3], blocks.shape[-3], blocks.shape[-2]
+        w = blocks.reshape(*lead, grp, o, -1, math.prod(self.kernel_size)).transpose(-3, -2)
+        return w.reshape(*lead, self.in_channels, o, *self.kernel_size)
