@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from backprobe.app.models import MODELS
 from backprobe.app.spec import grammar, parse_estimator, parse_list
 
 __all__ = ["add_common", "add_training", "estimator_spec", "estimator_specs", "ints",
@@ -47,14 +48,16 @@ def spec_epilog() -> dict[str, Any]:
 
 def add_common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     """Add ``--model``, the data flags (when ``data``), ``--threads`` and ``--no-progress``."""
-    p.add_argument("--model", default="mnist_cnn", help="model name (backprobe.app.models.MODELS)")
+    p.add_argument("--model", default="mnist_cnn", metavar="NAME",
+                   help=f"model: {', '.join(MODELS)} (default mnist_cnn)")
     if data:
         p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | cifar10")
         p.add_argument("--data-dir", default=None, help="directory of the data files")
         p.add_argument("--image-size", type=int, default=None,
                        help="resize images (default: 28 for digits, native otherwise)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (without a terminal: one line per loop, no redraws)")
 
 
 def add_training(p: argparse.ArgumentParser) -> None:

@@ -20,8 +20,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
+from backprobe import __version__
 from backprobe.app import bench, compare, fwi, memory, spectrum, training, variance
+from backprobe.app._checks import missing_cli_extra, positive
 from backprobe.app.spec import grammar
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -44,6 +47,7 @@ def build_parser(commands: Sequence[ModuleType] = COMMANDS) -> argparse.Argument
         epilog="estimator specs:\n" + grammar(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"backprobe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in commands:
         command.add_parser(sub)
@@ -57,20 +61,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments after the program name.
 
     Returns:
-        The exit status. ``ValueError`` and ``FileNotFoundError`` raised by a command become
-        a one-line error and status 2.
+        The exit status: the command's, or 2 with one line ``backprobe CMD: error: ...`` on
+        standard error for a usage error (``ValueError``, ``FileNotFoundError``: bad values,
+        paths, devices, ``--ddp`` outside ``torchrun``) or a missing ``cli`` extra; 130 after
+        Ctrl-C (the command saves what is complete first).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    threads = getattr(args, "threads", None)
-    if threads:
-        import torch
 
-        torch.set_num_threads(threads)
+    def fail(message: str) -> NoReturn:
+        parser.exit(2, f"backprobe {args.command}: error: {message}\n")
+
+    missing = missing_cli_extra()
+    if missing:
+        fail(f"{' and '.join(missing)} not installed: the backprobe command needs the cli "
+             "extra (pip install 'backprobe[cli]')")
     try:
+        threads = getattr(args, "threads", None)
+        positive("--threads", threads)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         return int(args.func(args))
     except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"backprobe {args.command}: error: {err}\n")
+        fail(str(err).splitlines()[0] if isinstance(err, FileNotFoundError) else str(err))
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] not in ("tqdm", "matplotlib", "sklearn"):
+            raise
+        fail(f"{err.name} not installed: pip install 'backprobe[cli]'")
+    except KeyboardInterrupt:
+        print(f"backprobe {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

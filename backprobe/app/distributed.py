@@ -67,13 +67,14 @@ def init_distributed(device: str) -> Dist:
         This process's :class:`Dist`.
 
     Raises:
-        RuntimeError: if no process group exists and torchrun's variables are unset.
+        ValueError: if no process group exists and torchrun's variables are unset (a usage
+            error: the command line prints it as one line).
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
     if not torch.distributed.is_initialized():
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-            raise RuntimeError(
+            raise ValueError(
                 "--ddp needs a process group: launch with `torchrun --nproc_per_node N -m "
                 "backprobe train ... --ddp` (RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT unset)"
             )
