@@ -50,10 +50,13 @@ def test_revert_and_state_dict_compatibility():
     model = small_net()
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     backprobe.convert(model, Probe(4))
-    assert model.state_dict().keys() == sd.keys()
+    # torch's keys plus each probed layer's generator state
+    assert set(model.state_dict()) == set(sd) | {"0.estimator.generator", "3.estimator.generator",
+                                                 "6.estimator.generator"}
     plain = small_net()
-    plain.load_state_dict(model.state_dict(), strict=True)
-    model.load_state_dict(sd, strict=True)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(k.endswith("estimator.generator") for k in unexpected)
+    model.load_state_dict(sd, strict=True)  # a plain checkpoint keeps the estimator's state
     backprobe.revert(model)
     assert all(type(m).__module__.startswith("torch.nn") for m in model.modules())
     assert not hasattr(model[0], "estimator")
@@ -99,3 +102,44 @@ def test_bad_arguments():
         backprobe.convert(small_net(), "probe:4")
     with pytest.raises(ValueError, match="not converted"):
         backprobe.report(small_net())
+
+
+def _resume_net(seed):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 3))
+    backprobe.convert(model, Probe(3))
+    backprobe.convert(model, backprobe.AOP(2, policy="randk", memory=True),
+                      layers=(nn.Linear,))
+    return model
+
+
+def _resume_steps(model, opt, steps):
+    for step in steps:
+        gen = torch.Generator().manual_seed(step)
+        x, y = torch.randn(5, 2, 6, 6, generator=gen), torch.randint(0, 3, (5,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_checkpoint_of_state_dict_and_optimizer_resumes_bit_for_bit():
+    """Probe's and AOP's generators (and AOP's memory) travel in model.state_dict()."""
+    import copy
+
+    model = _resume_net(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _resume_steps(model, opt, range(2))
+    checkpoint = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    assert "0.estimator.generator" in checkpoint["model"]
+    assert "3.estimator.generator" in checkpoint["model"]
+    _resume_steps(model, opt, range(2, 4))
+
+    fresh = _resume_net(1)  # other weights, other generator seeds
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    fresh.load_state_dict(checkpoint["model"])
+    fresh_opt.load_state_dict(checkpoint["opt"])
+    _resume_steps(fresh, fresh_opt, range(2, 4))
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items(),
+                                  strict=True):
+        assert k1 == k2 and torch.equal(v1, v2), k1

@@ -4,6 +4,13 @@ Each is generated from the op registry (:data:`backprobe.layers.OPS`): for a reg
 affine module type ``T`` (``nn.Conv2d``, ...), ``backprobe.nn.T`` subclasses it with the
 same parameters and ``state_dict`` keys plus an ``estimator=`` keyword; the estimator is a
 plain attribute that can be changed at any time (e.g. to anneal ``r``).
+
+A randomized estimator's state (its private generator) is part of the layer's
+``state_dict`` under ``<layer>.estimator.<key>`` (e.g. ``0.estimator.generator``), so a
+checkpoint of ``model.state_dict()`` and the optimizer resumes a run bit for bit. Loading
+a checkpoint without those keys (e.g. a plain torch model's) keeps the estimator's state;
+loading a converted model's ``state_dict`` into a plain torch model needs ``strict=False``
+(or :func:`backprobe.revert` before ``state_dict()``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ def _check_estimator(estimator: Any) -> Estimator:
             f"got {type(estimator).__name__}"
         )
     return estimator
+
+
+#: Key infix of the estimator's state in a layer's ``state_dict`` (``0.estimator.generator``).
+STATE_INFIX = "estimator."
 
 
 class EstimatedLayer(nn.Module):
@@ -65,6 +76,30 @@ class EstimatedLayer(nn.Module):
         est, fell_back = choose(self.estimator, op, x, self)
         self.last_path = "exact" if fell_back else "estimator"
         return estimated_affine(x, weight, bias, op, est)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for key, value in self.estimator.state_dict().items():
+            destination[prefix + STATE_INFIX + key] = value
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        own = self.estimator.state_dict()
+        head = prefix + STATE_INFIX
+        incoming = {
+            k[len(head):]: state_dict.pop(k) for k in list(state_dict)
+            if k.startswith(head) and k[len(head):] in own
+        }  # keys this estimator does not hold stay, and strict loading reports them
+        if incoming:
+            try:
+                self.estimator.load_state_dict({**own, **incoming})
+            except (RuntimeError, TypeError, ValueError, KeyError) as err:
+                error_msgs.append(f"{head[:-1]}: cannot load the estimator's state: {err}")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, estimator={self.estimator!r}"

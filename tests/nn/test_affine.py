@@ -26,8 +26,8 @@ def test_dropin_keeps_torch_parameters_and_pickles(case):
     torch.manual_seed(0)
     plain = case.make()
     dropin = backprobe.nn.AFFINE_SWAPS[case.module_type](**case.kwargs, estimator=Probe(2))
-    assert dropin.state_dict().keys() == plain.state_dict().keys()
-    dropin.load_state_dict(plain.state_dict())
+    assert set(dropin.state_dict()) == set(plain.state_dict()) | {"estimator.generator"}
+    dropin.load_state_dict(plain.state_dict())  # strict: the generator's key may be absent
     x = case.input(dtype=torch.float32)
     torch.testing.assert_close(dropin(x), plain.float()(x))
     copy = pickle.loads(pickle.dumps(dropin))
