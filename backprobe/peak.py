@@ -240,11 +240,12 @@ def peak_memory(
 
     A step is ``loss_fn(model(x), y).backward()`` and ``optimizer.step()`` (if given),
     measured from just after ``zero_grad(set_to_none=True)``: the baseline holds the weights,
-    optimizer state and batch but no gradients, and the gradients count in the peak. ``warmup`` unmeasured steps run first, so that lazily
-    created state (optimizer moments, workspaces, estimator buffers) exists before the
-    measured step, as in steady training. The steps are real: the model, its estimators'
-    generators and the optimizer advance ``warmup + 1`` steps (measure a copy if that
-    matters). See the module docstring for what is counted on CPU and CUDA.
+    optimizer state and batch but no gradients, and the gradients count in the peak.
+    ``warmup`` unmeasured steps run first, so that lazily created state (optimizer moments,
+    workspaces, estimator buffers) exists before the measured step, as in steady training.
+    The steps are real: the model, its estimators' generators and the optimizer advance
+    ``warmup + 1`` steps (measure a copy if that matters).
+    See the module docstring for what is counted on CPU and CUDA.
 
     Args:
         model: the network (in training mode, as it will be trained).
