@@ -37,8 +37,10 @@ class SVRG(DirectionStepper):
         seed: deprecated int ``generator``.
 
     ``step(closure)``: ``closure`` zeroes the gradients, computes the batch loss (mean over
-    the batch), calls ``backward`` and returns the loss; it is evaluated at ``theta`` and at
-    the snapshot. Afterwards ``.grad`` holds the gradient at ``theta``.
+    the batch), calls ``backward`` and returns the loss (or ``(loss, indices)``, the form
+    :class:`~backprobe.optim.SAGA` reads; SVRG needs no indices and ignores them); it is
+    evaluated at ``theta`` and at the snapshot. Afterwards ``.grad`` holds the gradient at
+    ``theta``.
     """
 
     def __init__(
@@ -80,6 +82,8 @@ class SVRG(DirectionStepper):
         self.steps += 1
         params = self._flat()
         loss = evaluate(closure)
+        if isinstance(loss, tuple) and len(loss) == 2:  # (loss, indices): SAGA's closure form
+            loss = loss[0]
         grads = [None if p.grad is None else p.grad.clone() for p in params]
         current = [p.detach().clone() for p in params]
         for p in params:

@@ -39,6 +39,21 @@ Training loop::
             loss_fn(model(x_train[idx]), y_train[idx]).backward()
         opt.step(idx)
 
+or ``torch.optim``'s closure form, the indices returned with the loss (or named first with
+``opt.set_indices(idx)``, for a sampler that knows them) and the recording done by the
+optimizer given ``model=``::
+
+    opt = SAGA(model.parameters(), lr=0.05, num_examples=len(x_train), model=model)
+    for idx in batches:
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            return loss, idx
+        opt.step(closure)
+
+Both forms give the same steps, bit for bit.
+
 The Langevin versions (Dubey et al., "Variance Reduction in Stochastic Gradient Langevin
 Dynamics", NeurIPS 2016) sample ``pi(theta) ∝ exp(-U(theta) / T)`` with
 ``U = N * F = sum_i f_i + N R``: ``theta <- theta - lr * N * d + sqrt(2 * lr * T) * xi``.
@@ -73,9 +88,12 @@ class _TableMethod(DirectionStepper):
         storage: Storage | None = None, reduction: str = "mean", momentum: float = 0.0,
         nesterov: bool = False, weight_decay: float = 0.0,
         generator: torch.Generator | int | None = None, seed: int | None = None,
-        extra_defaults: dict[str, Any] | None = None,
+        model: nn.Module | None = None, extra_defaults: dict[str, Any] | None = None,
     ) -> None:
         check("num_examples", num_examples, "count")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (the one whose backward the closure "
+                            f"runs), got {type(model).__name__}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         storage = Factored() if storage is None else storage
@@ -91,6 +109,8 @@ class _TableMethod(DirectionStepper):
         self.tables: list[Table] | None = None
         self.seen: Tensor | None = None  # SAG: slots written at least once
         self._writes = 0
+        self.model = model
+        self._pending: Tensor | None = None  # set_indices: the next closure step's batch
 
     # -- user-facing helpers -------------------------------------------------------------
     def quantity(self) -> BatchGrad | BatchGradFactors:
@@ -127,24 +147,77 @@ class _TableMethod(DirectionStepper):
             )
         return idx
 
+    def set_indices(self, indices: Tensor | Sequence[int]) -> None:
+        """Name the dataset indices of the next ``step(closure)`` (for closures returning a loss).
+
+        A sampler hook: call it when the batch is drawn, then ``step(closure)`` as with any
+        ``torch.optim`` optimizer. The indices are used by the next step only.
+
+        Raises:
+            ValueError: indices out of range or not a 1-D integer tensor.
+        """
+        self._pending = self._indices(indices)
+
     @torch.no_grad()
     def step(  # type: ignore[override]
-        self, indices: Tensor | Sequence[int], closure: Callable[[], Any] | None = None
+        self, indices: Tensor | Sequence[int] | Callable[[], Any] | None = None,
+        closure: Callable[[], Any] | None = None,
     ) -> Any:
         """One step on the batch with dataset indices ``indices``.
 
+        Two forms give the same step:
+
+        * ``step(indices)`` (or ``step(indices, closure)``) after a backward run inside
+          ``opt.record(model)``;
+        * ``step(closure)``, ``torch.optim``'s form: ``closure`` zeroes the gradients, computes
+          the batch loss, calls ``backward`` and returns ``(loss, indices)``, or just the loss
+          when :meth:`set_indices` named the batch first. The backward must run inside
+          ``opt.record(model)``: the closure does it, or the optimizer does when it was built
+          with ``model=``.
+
         Args:
-            indices: ``[B]`` dataset indices of the batch whose gradients were recorded.
-            closure: optional; re-evaluates the loss (run inside ``record``) and returns it.
+            indices: ``[B]`` dataset indices of the batch whose gradients were recorded, or
+                the closure (``step(closure)``).
+            closure: re-evaluates the loss (see above) and returns it.
 
         Returns:
             The closure's loss, or ``None``.
 
         Raises:
-            ValueError: indices out of range or of the wrong length, gradients not recorded.
+            ValueError: no indices (none passed, returned or set), indices given twice and
+                different, indices out of range or of the wrong length, gradients not
+                recorded.
         """
-        loss = evaluate(closure)
-        idx = self._indices(indices)
+        given: Tensor | Sequence[int] | None
+        if callable(indices):
+            if closure is not None:
+                raise TypeError("step(closure) takes one closure; indices go first otherwise")
+            given, closure = None, indices
+        else:
+            given = indices
+        if closure is not None and self.model is not None:
+            with self.record(self.model):
+                loss = evaluate(closure)
+        else:
+            loss = evaluate(closure)
+        if isinstance(loss, tuple):
+            if len(loss) != 2:
+                raise ValueError("a closure returns the loss or (loss, indices), got a tuple of "
+                                 f"{len(loss)}")
+            loss, returned = loss
+            returned = self._indices(returned)
+            if given is not None and not torch.equal(self._indices(given), returned):
+                raise ValueError("step got indices twice (argument and closure) and they differ")
+            given = returned
+        pending, self._pending = self._pending, None  # set_indices names the next step only
+        if given is None:
+            given = pending
+        if given is None:
+            raise ValueError(
+                f"{type(self).__name__}.step needs the batch's dataset indices: step(indices), "
+                "a closure returning (loss, indices), or set_indices(indices) before "
+                "step(closure)")
+        idx = self._indices(given)
         params = self._flat()
         b = int(idx.numel())
         slots = idx // self.storage.size if isinstance(self.storage, Partition) else idx
@@ -259,6 +332,8 @@ class SAGA(_TableMethod):
         generator: the private generator (randomized SVD of ``LowRank``): a
             ``torch.Generator``, an int seed, or ``None`` (seeded once from the global RNG).
         seed: deprecated int ``generator``.
+        model: the model whose backward ``step(closure)`` runs: the optimizer then wraps the
+            closure in ``record(model)`` itself (default ``None``: the closure records).
 
     Example:
         >>> import torch
@@ -301,6 +376,7 @@ class SAGALD(_TableMethod):
         temperature: ``T`` (``1`` samples the posterior).
         generator: the private generator (noise and randomized SVD), as :class:`SAGA`.
         seed: deprecated int ``generator``.
+        model: as :class:`SAGA` (for ``step(closure)``).
     """
 
     langevin = True
@@ -309,7 +385,8 @@ class SAGALD(_TableMethod):
         self, params: Iterable[Any], lr: float, num_examples: int, *,
         storage: Storage | None = None, reduction: str = "mean", temperature: float = 1.0,
         generator: torch.Generator | int | None = None, seed: int | None = None,
+        model: nn.Module | None = None,
     ) -> None:
         super().__init__(params, lr, num_examples, storage=storage, reduction=reduction,
-                         generator=generator, seed=seed,
+                         generator=generator, seed=seed, model=model,
                          extra_defaults={"temperature": temperature, "num_examples": num_examples})
