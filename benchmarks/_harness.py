@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from backprobe.app._checks import output_dir, positive
 from backprobe.app.report import table
 from backprobe.app.report import write_json as _write_json
 
@@ -170,23 +171,63 @@ def arguments(doc: str | None, *, grid: bool = False,
                    help="output folder (default results/bench, git-ignored; "
                    "benchmarks/results for the README's figures)")
     p.add_argument("--suffix", default="", help="appended to the output file names")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     if add is not None:
         add(p)
     args = p.parse_args()
+    try:
+        check_arguments(args)
+    except ValueError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
+    global _QUIET
+    _QUIET = args.no_progress
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(machine_info(), file=sys.stderr)
+    if not _QUIET:
+        print(machine_info(), file=sys.stderr)
     return args
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check the shared flags before any work (one-line ``ValueError`` naming the flag).
+
+    Raises:
+        ValueError: ``--repeats``/``--threads``/``--r`` below 1, ``--warmup`` below 0,
+            ``--budget`` not positive, or an ``--out`` that cannot be written.
+    """
+    for flag in ("repeats", "threads"):
+        positive(f"--{flag}", getattr(args, flag, None))
+    for r in ints(getattr(args, "r", None)) or []:
+        positive("--r", r, allow_none=False)
+    if getattr(args, "warmup", 0) < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+    budget = getattr(args, "budget", None)
+    if budget is not None and not budget > 0:
+        raise ValueError(f"--budget must be a positive number of seconds, got {budget}")
+    output_dir("--out", args.out)
+
+
 def ints(text: str | None) -> list[int] | None:
-    """``"4,16" -> [4, 16]``; ``None`` stays ``None``."""
-    return None if text is None else [int(t) for t in text.split(",") if t.strip()]
+    """``"4,16" -> [4, 16]``; ``None`` stays ``None``.
+
+    Raises:
+        ValueError: an item is not an integer.
+    """
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+_QUIET = False
 
 
 def progress(msg: str) -> None:
-    """A progress line on stderr."""
-    print(msg, file=sys.stderr, flush=True)
+    """A progress line on stderr (nothing under ``--no-progress``)."""
+    if not _QUIET:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _fmt(key: str, v: Any) -> str:

@@ -15,6 +15,7 @@ git-ignored results/bench).
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,10 @@ def run_networks(
     budget_s = d["budget_s"] if budget_s is None else budget_s
     cases = network_cases()
     if networks:
+        unknown = [s for s in networks if not any(s in c.name for c in cases)]
+        if unknown:
+            raise ValueError(f"--networks {','.join(unknown)} matches no network; names: "
+                             + ", ".join(c.name for c in cases))
         cases = [c for c in cases if any(s in c.name for s in networks)]
     shared = [v for v in VARIANTS if v != ("joint", True)]
     rows: list[dict[str, Any]] = []
@@ -315,11 +320,15 @@ def main() -> None:
                        help="comma-separated substrings of network names")
 
     args = arguments(__doc__, grid=True, add=add)
-    result = run_networks(
-        args.grid, networks=args.networks.split(",") if args.networks else None,
-        rs=ints(args.r), repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
-        clock=args.clock, progress=progress,
-    )
+    try:
+        result = run_networks(
+            args.grid, networks=args.networks.split(",") if args.networks else None,
+            rs=ints(args.r), repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
+            clock=args.clock, progress=progress,
+        )
+    except ValueError as err:  # bad --networks: before any work, nothing written
+        print(f"bench_networks.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(networks_markdown(result))
     name = f"networks_{args.grid}{args.suffix}"
     out = write_result(args.out / f"{name}.json", **result)

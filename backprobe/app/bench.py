@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from backprobe.app._args import ints
+from backprobe.app._checks import output_dir, positive
 
 SCRIPTS = ("layers", "networks")
 
@@ -34,7 +35,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time, or process CPU time (steadier on a shared machine)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default="results/bench", help="directory for the JSON and PNG")
+    p.add_argument("--out", default="results/bench",
+                   help="directory for the JSON and PNG (default results/bench, git-ignored; "
+                   "benchmarks/results rewrites the README's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
 
@@ -64,6 +68,8 @@ def script_argv(args: argparse.Namespace) -> list[str]:
     """The flags of the benchmark script that ``args`` (the parsed ``bench`` command) mean."""
     argv = ["--full" if args.full else "--quick", "--warmup", str(args.warmup),
             "--clock", args.clock, "--out", str(args.out)]
+    if getattr(args, "no_progress", False):
+        argv.append("--no-progress")
     for flag, value in (("--r", ",".join(map(str, args.r or [])) or None),
                         ("--repeats", args.repeats), ("--budget", args.budget),
                         ("--threads", args.threads), ("--networks", args.networks)):
@@ -73,6 +79,20 @@ def script_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark script in a fresh interpreter; its exit status is the command's."""
+    """Run the benchmark script in a fresh interpreter; its exit status is the command's.
+
+    The flags are checked first (the script checks them again, and ``--networks`` names).
+    """
+    positive("--repeats", args.repeats)
+    positive("--threads", args.threads)
+    for r in args.r or []:
+        positive("--r", r, allow_none=False)
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.budget is not None and not args.budget > 0:
+        raise ValueError(f"--budget must be a positive number of seconds, got {args.budget}")
+    if args.networks is not None and args.what != "networks":
+        raise ValueError("--networks applies to `bench networks` only")
+    output_dir("--out", args.out)
     script = find_script(args.what)
     return subprocess.run([sys.executable, str(script), *script_argv(args)], check=False).returncode

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from backprobe.app._args import add_common, add_training, estimator_specs, ints, spec_epilog
+from backprobe.app._checks import output_dir, positive
 from backprobe.app.report import (
     echo,
     format_bytes,
     progress_bar,
     pyplot,
+    ratio_words,
     save_figure,
     table,
     write_json,
@@ -31,6 +33,12 @@ from backprobe.app.spec import parse_estimator
 from backprobe.app.training import TrainConfig, TrainResult, load_data, run_line, train
 
 __all__ = ["CompareResult", "add_parser", "compare", "run"]
+
+
+def _results(run: TrainResult) -> tuple[Any, ...]:
+    """What makes two runs of the same key the same run (timings excluded)."""
+    return (run.test_accuracy, run.train_loss, run.test_accuracy_per_epoch, run.steps,
+            run.saved_activation_bytes)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -51,6 +59,10 @@ class CompareResult:
     optimizer: str
     lr: float
     runs: list[TrainResult]
+    #: runs dropped by :meth:`from_json` as exact duplicates
+    duplicates: int = 0
+    #: Ctrl-C stopped the grid; ``runs`` holds the runs that finished
+    interrupted: bool = False
 
     def _runs(self, spec: str, batch: int) -> list[TrainResult]:
         return [r for r in self.runs if r.estimator == spec and r.batch_size == batch]
@@ -95,20 +107,23 @@ class CompareResult:
                 s = rows_by.get((spec, b))
                 if s is None:
                     row.append("-")
-                elif len(s["accuracies"]) == 1:
-                    row.append(f"{s['accuracy_mean']:.2f}")
                 else:
-                    row.append(f"{s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f}")
+                    n = len(s["accuracies"])
+                    cell = (f"{s['accuracy_mean']:.2f}" if n == 1 else
+                            f"{s['accuracy_mean']:.2f} ± {s['accuracy_std']:.2f}")
+                    row.append(cell if n == len(self.seeds) else f"{cell} (n={n})")
             s = rows_by.get((spec, big))
             row += ["-", "-"] if s is None else [
-                format_bytes(s["saved_activation_bytes"]), f"{s['memory_ratio']:.1f}x less"
-                if s["memory_ratio"] > 1.0001 else "1.0x"]
+                format_bytes(s["saved_activation_bytes"]),
+                ratio_words(s["exact_saved_activation_bytes"], s["saved_activation_bytes"])]
             for b in self.batch_sizes:
                 s = rows_by.get((spec, b))
                 row.append("-" if s is None else f"{s['epoch_seconds']:.2f}")
             rows.append(row)
         seeds = ",".join(map(str, self.seeds))
         what = "mean ± std over seeds" if len(self.seeds) > 1 else "one seed"
+        if any(len(s["accuracies"]) != len(self.seeds) for s in rows_by.values()):
+            what += "; n = seeds in a cell where fewer"
         title = (f"{self.model} on {self.data}, {self.epochs} epochs, {self.optimizer} "
                  f"lr={self.lr:g}, seeds {seeds} (test accuracy %, {what})")
         if any(r.skip_first for r in self.runs):
@@ -116,31 +131,75 @@ class CompareResult:
         return title + "\n" + table(rows, [False] + [True] * (len(head) - 1))
 
     @classmethod
-    def from_json(cls, docs: Sequence[dict[str, Any]]) -> CompareResult:
+    def from_json(cls, docs: Sequence[dict[str, Any]],
+                  sources: Sequence[str] | None = None) -> CompareResult:
         """Merge the ``to_json()`` documents of grids run separately (e.g. one per seed).
 
-        Estimators and batch sizes keep their first-seen order; runs are concatenated.
+        Runs are deduplicated by (model, data, estimator, batch size, seed): a run found in
+        several documents with the same results (losses and accuracies; timings may differ)
+        is kept once. Estimators and batch sizes keep their first-seen order; ``seeds`` lists
+        the seeds the runs actually have.
+
+        Args:
+            docs: the documents.
+            sources: a name per document (file names) for messages.
 
         Raises:
-            ValueError: if the documents differ in model, data, epochs, optimizer or lr.
+            ValueError: a document is not a compare result (no ``runs``), the documents differ
+                in model, data, epochs, optimizer or lr, or two runs with the same key have
+                different results (each conflict is listed).
         """
         if not docs:
             raise ValueError("CompareResult.from_json: nothing to merge")
+        names = list(sources) if sources is not None else [f"document {i + 1}"
+                                                           for i in range(len(docs))]
         keys = ("model", "data", "epochs", "optimizer", "lr")
-        for d in docs[1:]:
+        for d, name in zip(docs, names):
+            if not isinstance(d, dict) or not isinstance(d.get("runs"), list) or not d["runs"]:
+                raise ValueError(f"{name} holds no runs: not a compare.json written by "
+                                 "backprobe compare")
+            missing = [k for k in keys if k not in d]
+            if missing:
+                raise ValueError(f"{name} lacks {missing}: not a compare.json")
+        for d, name in zip(docs[1:], names[1:]):
             diff = [k for k in keys if d[k] != docs[0][k]]
             if diff:
-                raise ValueError(f"cannot merge compare results that differ in {diff}")
+                raise ValueError(f"cannot merge {name} with {names[0]}: they differ in {diff}")
         fields = set(TrainResult.__dataclass_fields__)
-        runs = [TrainResult(**{"skip_first": False, **{k: v for k, v in r.items() if k in fields}})
-                for d in docs for r in d["runs"]]
+        kept: dict[tuple[Any, ...], tuple[TrainResult, str]] = {}
+        conflicts = []
+        for d, name in zip(docs, names):
+            for r in d["runs"]:
+                run = TrainResult(**{"skip_first": False,
+                                     **{k: v for k, v in r.items() if k in fields}})
+                key = (run.model, run.data, run.estimator, run.batch_size, run.seed)
+                if key not in kept:
+                    kept[key] = (run, name)
+                elif _results(kept[key][0]) != _results(run):
+                    old, where = kept[key]
+                    conflicts.append(
+                        f"{run.estimator} B={run.batch_size} seed {run.seed}: test accuracy "
+                        f"{100 * old.test_accuracy:.2f}% in {where}, "
+                        f"{100 * run.test_accuracy:.2f}% in {name}")
+        if conflicts:
+            raise ValueError(f"{len(conflicts)} conflicting run(s), same (model, data, "
+                             f"estimator, batch size, seed) but different results: "
+                             + "; ".join(conflicts))
+        runs = [run for run, _ in kept.values()]
 
         def union(key: str) -> list[Any]:
-            return list(dict.fromkeys(v for d in docs for v in d[key]))
+            return list(dict.fromkeys(v for d in docs for v in d.get(key, [])))
 
         first = docs[0]
-        return cls(first["model"], first["data"], union("estimators"), union("batch_sizes"),
-                   union("seeds"), first["epochs"], first["optimizer"], first["lr"], runs)
+        estimators = [e for e in union("estimators") if any(r.estimator == e for r in runs)]
+        estimators += [e for e in dict.fromkeys(r.estimator for r in runs) if e not in estimators]
+        batches = [b for b in union("batch_sizes") if any(r.batch_size == b for r in runs)]
+        batches += [b for b in dict.fromkeys(r.batch_size for r in runs) if b not in batches]
+        seeds = sorted({r.seed for r in runs})
+        merged = cls(first["model"], first["data"], estimators, batches, seeds,
+                     first["epochs"], first["optimizer"], first["lr"], runs)
+        merged.duplicates = sum(len(d["runs"]) for d in docs) - len(runs)
+        return merged
 
     def to_json(self) -> dict[str, Any]:
         """Grid settings, the summary rows and every run."""
@@ -149,6 +208,7 @@ class CompareResult:
             "batch_sizes": self.batch_sizes, "seeds": self.seeds, "epochs": self.epochs,
             "optimizer": self.optimizer, "lr": self.lr, "summary": self.summary(),
             "runs": [r.to_json() for r in self.runs],
+            **({"interrupted": True} if self.interrupted else {}),
         }
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
@@ -228,24 +288,34 @@ def compare(
     estimators, batch_sizes, seeds = list(estimators), list(batch_sizes), list(seeds)
     for spec in estimators:
         parse_estimator(spec)  # fail before the first run
+    for b in batch_sizes:
+        positive("--batch-sizes", b, allow_none=False)
+    base = TrainConfig(model=model, data=data, epochs=epochs, optimizer=optimizer, lr=lr,
+                       data_dir=data_dir, image_size=image_size, device=device,
+                       skip_first=skip_first, batch_size=max(batch_sizes))
+    base.validate()
     split = load_data(data, data_dir=data_dir, image_size=image_size)
+    if max(batch_sizes) > len(split.x_train):
+        raise ValueError(f"--batch-sizes {max(batch_sizes)} is larger than the training set "
+                         f"({len(split.x_train)} examples of {split.name})")
     grid = [(s, b, e) for s in seeds for b in batch_sizes for e in estimators]
     runs = []
     bar = progress_bar(grid, progress, desc="compare", unit="run")
-    base = TrainConfig(model=model, data=data, epochs=epochs, optimizer=optimizer, lr=lr,
-                       data_dir=data_dir, image_size=image_size, device=device,
-                       skip_first=skip_first)
     for seed, b, spec in bar:
         if progress:
             bar.set_postfix_str(f"{spec} B={b} seed {seed}")
         r = train(replace(base, estimator=spec, batch_size=b, seed=seed), split=split,
                   progress=progress)
         r.model_obj = None
+        if r.interrupted:  # Ctrl-C: keep the finished runs, drop this one
+            break
         runs.append(r)
         if on_run is not None:
             on_run(r)
+    if progress:
+        bar.close()
     return CompareResult(model, split.name, estimators, batch_sizes, seeds, epochs, optimizer,
-                         base.learning_rate, runs)
+                         base.learning_rate, runs, interrupted=len(runs) < len(grid))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,10 +342,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--merge {path!r}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--merge {path!r} is not readable JSON: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or merge) the grid, print its table, write ``compare.json`` and ``compare.png``."""
+    out = Path(args.out)
+    output_dir("--out", out)
     if args.merge:
-        result = CompareResult.from_json([json.loads(Path(f).read_text()) for f in args.merge])
+        result = CompareResult.from_json([_read_json(f) for f in args.merge], args.merge)
+        if result.duplicates:
+            print(f"merge: {result.duplicates} duplicate run(s) counted once")
     else:
         result = compare(
             args.model, args.data, args.estimators, args.batch_sizes, args.seeds,
@@ -283,9 +366,14 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size, device=args.device, skip_first=args.skip_first,
             progress=not args.no_progress, on_run=lambda r: echo(run_line(r)),
         )
+    if not result.runs:
+        print("interrupted before the first run finished: nothing written")
+        return 130
     print()
     print(result.table())
-    out = Path(args.out)
     print(f"wrote {write_json(out / 'compare.json', result.to_json())}")
     print(f"wrote {result.plot(out / 'compare.png')}")
+    if result.interrupted:
+        print(f"interrupted: {len(result.runs)} finished run(s) written, marked interrupted")
+        return 130
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from backprobe.app import _checks as checks
 from backprobe.app import models
 from backprobe.app._args import add_common, estimator_spec, ints, spec_epilog
 from backprobe.app.report import format_bytes, table, write_json
@@ -49,17 +50,27 @@ class MemoryReport:
 
     def __str__(self) -> str:
         def ratio(a: int, b: int) -> str:
-            return "-" if a == 0 and b == 0 else ("inf" if b == 0 else f"{a / b:.1f}x")
+            return "-" if a == 0 or b == 0 else f"{a / b:.1f}x"
+
+        def exact_cell(a: int, b: int) -> str:
+            # plain autograd keeps this layer's input once, for the layer before (same storage)
+            return "shared*" if a == 0 and b > 0 else format_bytes(a)
 
         rows = [["layer", "type", "exact", self.estimator, "ratio"]]
-        rows += [[n or "(loss, functional)", t, format_bytes(a), format_bytes(b), ratio(a, b)]
+        rows += [[n or "(loss, functional)", t, exact_cell(a, b), format_bytes(b), ratio(a, b)]
                  for n, t, a, b in self.rows]
         rows.append(["total", "", format_bytes(self.exact_total),
                      format_bytes(self.estimator_total),
                      ratio(self.exact_total, self.estimator_total)])
         title = (f"saved activations of one training step: {self.model}, input "
                  f"{'x'.join(map(str, self.input_shape))}, exact vs {self.estimator}")
-        return title + "\n" + table(rows, [False, False, True, True, True])
+        text = title + "\n" + table(rows, [False, False, True, True, True])
+        if any(a == 0 and b > 0 for _, _, a, b in self.rows):
+            text += ("\n* plain autograd keeps nothing of its own here: this layer's input is "
+                     "the tensor the layer before already keeps (one storage, counted there); "
+                     f"with {self.estimator} the layer before keeps less (e.g. a 1-bit ReLU "
+                     "mask), so this layer keeps its input itself")
+        return text
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -86,7 +97,7 @@ def memory_report(model: str, input_shape: Sequence[int], num_classes: int, esti
     Returns:
         A :class:`MemoryReport` (``print`` it for the table).
     """
-    shape = tuple(int(s) for s in input_shape)
+    shape = checks.shape("--input-shape", input_shape)
     if len(shape) < 3:
         raise ValueError(f"input shape must be (N, C, *spatial), got {shape}")
     torch.manual_seed(seed)
@@ -132,11 +143,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the memory table asked for (and write its JSON)."""
     if args.vr:
+        checks.positive("--examples", args.examples)
         from backprobe.app.vr_table import PAPER_TABLE, format_vr_table
 
         all_ = args.model is None or args.model.lower() == "all"
         print(format_vr_table(list(PAPER_TABLE) if all_ else [args.model], args.examples))
         return 0
+    checks.output_file("--json", args.json)
+    checks.positive("--num-classes", args.num_classes, allow_none=False)
+    checks.positive("--examples", args.examples)
     rep = memory_report(args.model or "mnist_cnn", args.input_shape, args.num_classes,
                         args.estimator)
     print(rep)

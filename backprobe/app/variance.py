@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backprobe.app import _checks as checks
 from backprobe.app._args import add_common, ints
 from backprobe.app.report import progress_bar, pyplot, save_figure, table, write_json
 from backprobe.app.spec import parse_estimator
@@ -198,10 +199,23 @@ def variance_study(
         A :class:`VarianceResult` (``files`` lists the written paths).
     """
     probes = [int(r) for r in probes]
+    for r in probes:
+        checks.positive("--probes", r, allow_none=False)
+    for flag, value in (("--batch-size", batch_size), ("--draws", draws),
+                        ("--hist-layers", hist_layers),
+                        ("--weights-per-layer", weights_per_layer)):
+        checks.positive(flag, value, allow_none=False)
+    if minibatches < 2:
+        raise ValueError(f"--minibatches must be at least 2 (a standard deviation needs two), "
+                         f"got {minibatches}")
+    checks.output_dir("--out", out)
     template = "probe:{r}" + (f":{probe_options.strip(':')}" if probe_options.strip(":") else "")
     for r in probes:
         parse_estimator(template.format(r=r))
     split = load_data(data, data_dir=data_dir, image_size=image_size)
+    if batch_size * 2 > len(split.x_train):
+        raise ValueError(f"--batch-size {batch_size} leaves fewer than two minibatches in the "
+                         f"training set ({len(split.x_train)} examples of {split.name})")
     torch.manual_seed(seed)
     net = build_model(model, split)
     layers = _conv_layers(net)
