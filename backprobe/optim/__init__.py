@@ -11,6 +11,7 @@
   ``Factored``, ``LowRank``, ``Partition``).
 """
 
+from backprobe.optim.in_backward import InBackwardOptimizer, step_in_backward
 from backprobe.optim.langevin import (
     MALA,
     SGLD,
@@ -47,4 +48,5 @@ __all__ = [
     "Storage", "full_gradient", "low_rank", "partition_batches",
     "DiagonalPreconditioner", "DiagonalState", "KroneckerPreconditioner", "KroneckerState",
     "PreconditionedSGD", "diag_ggn_sgd", "kfac_sgd", "second_moment_sgd",
+    "InBackwardOptimizer", "step_in_backward",
 ]
