@@ -13,12 +13,13 @@ Three experiments, each comparing exact backprop with AOP (policies ``topk``, ``
 (c) a small CNN on the same digits with AOP on every layer (K = a fraction of each layer's
     rows), SGD lr 0.1, 12 epochs, at most 2 seeds.
 
-Writes ``docs/img/aop_{regression,digits,cnn}.png`` and
-``benchmarks/results/aop_experiments.json``; prints markdown tables. About 3-4 minutes on
+Writes ``aop_{regression,digits,cnn}.png`` and ``aop_experiments.json`` under ``--out``
+(default ``results/aop_experiments``, git-ignored); ``--readme`` regenerates the README's
+(``docs/img/`` and ``benchmarks/results/``). Prints markdown tables. About 3-4 minutes on
 2 CPU cores (``--seeds 1`` for a quicker run).
 
 Usage:
-    python examples/aop_experiments.py [--data-dir DIR] [--seeds 3] [--only a,b,c]
+    python examples/aop_experiments.py [--data-dir DIR] [--seeds 3] [--only a,b,c] [--readme]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 import backprobe
+from backprobe.app.report import save_figure, write_json
 from backprobe.estimators.aop import AOP
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,9 +214,7 @@ def plot(res: dict, ks: list, title: str, path: Path, key: str = "val_loss") -> 
     axes[-1].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(res: dict, ks: list, memories: list, key: str = "final_val_loss") -> str:
@@ -280,11 +280,15 @@ def main() -> None:
     ap.add_argument("--target-seeds", type=int, default=10,
                     help="seeds for the K=16 topk check on digits (part b)")
     ap.add_argument("--only", default="a,b,c")
-    ap.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
-    ap.add_argument("--json", type=Path,
-                    default=ROOT / "benchmarks" / "results" / "aop_experiments.json")
+    ap.add_argument("--out", type=Path, default=Path("results") / "aop_experiments",
+                    help="folder of the figures and JSON (default results/aop_experiments)")
+    ap.add_argument("--readme", action="store_true",
+                    help="regenerate the README's: figures in docs/img, JSON in benchmarks/results")
     ap.add_argument("--threads", type=int, default=1, help="small models: 1 is fastest")
     args = ap.parse_args()
+    args.img_dir = ROOT / "docs" / "img" if args.readme else args.out
+    args.json = (ROOT / "benchmarks" / "results" if args.readme else args.out) \
+        / "aop_experiments.json"
     torch.set_num_threads(args.threads)
     which = set(args.only.split(","))
     out: dict = {"seeds": args.seeds, "machine": platform.platform(), "torch": torch.__version__,
@@ -346,8 +350,7 @@ def main() -> None:
         print(table(res, ks, mems, key="final_val_acc"))
 
     out["seconds"] = round(time.time() - t0, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1))
+    write_json(args.json, out)
     print(f"\nwrote {args.json} and figures in {args.img_dir} ({out['seconds']} s)")
 
 

@@ -1,7 +1,9 @@
 """SGD, Adam, DiagGGN-MC and KFAC on the digits data set (MNIST CNN), one plot.
 
 The curvature optimizers get their preconditioners from the same backward pass through
-``backprobe.quantities.record``. Writes ``docs/img/optim_comparison.png``.
+``backprobe.quantities.record``. Writes
+``results/optimizer_comparison/optim_comparison.png`` (``--out``; ``--readme`` regenerates
+the README's ``docs/img/optim_comparison.png``).
 
     python examples/optimizer_comparison.py --epochs 8
 """
@@ -20,10 +22,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from backprobe.app import data, models  # noqa: E402
+from backprobe.app.report import save_figure  # noqa: E402
 from backprobe.optim import diag_ggn_sgd, kfac_sgd  # noqa: E402
 from backprobe.quantities import record  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "optim_comparison.png"
+README_OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "optim_comparison.png"
+OUT = Path("results") / "optimizer_comparison" / "optim_comparison.png"
 
 
 def make_optimizer(name: str, params):  # noqa: ANN001
@@ -71,7 +75,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=16, help="resize the 8x8 digits")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=OUT, help=f"the figure (default {OUT})")
+    ap.add_argument("--readme", action="store_true", help=f"write the README's {README_OUT}")
     ap.add_argument("--optimizers", default="SGD,Adam,DiagGGN-MC,KFAC")
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -96,9 +101,7 @@ def main() -> None:
     ax1.legend()
     ax2.legend()
     fig.tight_layout()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(a.out, dpi=120)
-    print(f"wrote {a.out}")
+    print(f"wrote {save_figure(fig, README_OUT if a.readme else a.out, dpi=120)}")
 
 
 if __name__ == "__main__":

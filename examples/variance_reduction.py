@@ -9,14 +9,14 @@ numbers per example).
 the convolutions' gradients stored dense (``Factored()``, the default) and as ``LowRank(1)``
 sketches (exact factors for the classifier in both).
 
-    python examples/variance_reduction.py softmax            # docs/img/vr_softmax.png
-    python examples/variance_reduction.py cnn                # docs/img/vr_cnn.png
+    python examples/variance_reduction.py softmax   # results/variance_reduction/vr_softmax.png
+    python examples/variance_reduction.py cnn       # results/variance_reduction/vr_cnn.png
+    python examples/variance_reduction.py cnn --readme   # the README's docs/img/vr_cnn.png
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -29,9 +29,10 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from backprobe.app import data, models  # noqa: E402
+from backprobe.app.report import save_figure, write_json  # noqa: E402
 from backprobe.optim import SAGA, LowRank  # noqa: E402
 
-IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+README_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
@@ -123,9 +124,7 @@ def plot(results: dict[str, dict[str, list[float]]], title: str, path: Path) -> 
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 def table(results: dict[str, dict[str, list[float]]]) -> None:
@@ -158,7 +157,7 @@ def softmax(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     wd = f", weight decay {args.weight_decay}" if args.weight_decay else ""
     name = f"vr_softmax_wd{args.weight_decay:g}.png" if args.weight_decay else "vr_softmax.png"
     plot(results, f"softmax regression on {args.data}: batch {args.batch_size}, "
-         f"lr {args.lr}, momentum {args.momentum} (Nesterov){wd}", IMG / name)
+         f"lr {args.lr}, momentum {args.momentum} (Nesterov){wd}", args.out / name)
     return results
 
 
@@ -194,7 +193,7 @@ def cnn(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
                   f"(dense would be {dense / 2**20:.1f} MiB)")
     table(results)
     plot(results, f"six-conv CNN on {args.data} after {args.warm_epochs} Adam epochs: "
-         f"batch {args.batch_size}, lr {args.lr}", IMG / "vr_cnn.png")
+         f"batch {args.batch_size}, lr {args.lr}", args.out / "vr_cnn.png")
     return results
 
 
@@ -214,14 +213,20 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the histories here")
+    p.add_argument("--out", type=Path, default=Path("results") / "variance_reduction",
+                   help="folder of the figure (default results/variance_reduction, git-ignored)")
+    p.add_argument("--readme", action="store_true",
+                   help=f"regenerate the README's figure in {README_IMG}")
     args = p.parse_args()
+    if args.readme:
+        args.out = README_IMG
     soft = args.experiment == "softmax"
     args.epochs = args.epochs or (20 if soft else 15)
     args.lr = args.lr or (1.0 if soft else 0.05)
     torch.set_num_threads(2)
     results = softmax(args) if soft else cnn(args)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        print(f"wrote {write_json(args.json, results)}")
 
 
 if __name__ == "__main__":
