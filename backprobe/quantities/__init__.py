@@ -15,7 +15,7 @@ parameters under BackPACK's attribute names. No model conversion is needed.
 """
 
 from backprobe.quantities._base import CurvatureQuantity, FirstOrderQuantity, Quantity
-from backprobe.quantities._record import record, supported_modules
+from backprobe.quantities._record import clear, record, supported_modules
 from backprobe.quantities.curvature import (
     BatchDiagGGNExact,
     BatchDiagGGNMC,
@@ -39,5 +39,5 @@ __all__ = [
     "KFAC", "KFLR", "KFRA", "BatchDiagGGNExact", "BatchDiagGGNMC", "BatchGrad", "BatchGradFactors",
     "BatchL2Grad", "CurvatureQuantity", "DiagGGNExact", "DiagGGNMC", "DiagHessian",
     "FirstOrderQuantity", "HutchinsonDiagHessian", "Quantity", "SqrtGGNExact", "SqrtGGNMC",
-    "SumGradSquared", "Variance", "loss_hessian_sqrt", "record", "supported_modules",
+    "SumGradSquared", "Variance", "clear", "loss_hessian_sqrt", "record", "supported_modules",
 ]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from backprobe._random import private_generator
 
 
@@ -16,6 +20,22 @@ class Quantity:
 
     savefield: str = ""
     needs_input: bool = True
+    #: How results of two backward passes combine under ``record(..., accumulate=True)``:
+    #: ``"cat"`` along ``cat_dim`` (per-example results), ``"sum"``, or ``None`` (cannot).
+    accumulates: str | None = None
+    cat_dim: int = 0
+
+    def accumulate(self, old: Any, new: Any) -> Any:
+        """One parameter's result over two backward passes (see :attr:`accumulates`).
+
+        Raises:
+            ValueError: if this quantity cannot be accumulated.
+        """
+        if self.accumulates == "cat":
+            return torch.cat([old, new], dim=self.cat_dim)
+        if self.accumulates == "sum":
+            return old + new
+        raise ValueError(f"{self!r} cannot be accumulated over several backward passes")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -33,6 +53,13 @@ class CurvatureQuantity(Quantity):
     """
 
     mc_samples: int | None = None
+
+    def scaled(self, result: dict[str, Any], c: float) -> dict[str, Any]:
+        """Result for the objective ``c * loss_fn(...)`` from that of ``loss_fn(...)``.
+
+        The GGN and the Hessian are linear in the loss, so the default multiplies by ``c``.
+        """
+        return {k: v * c for k, v in result.items()}
 
     def __init__(self, mc_samples: int | None = None, seed: int | None = None) -> None:
         if mc_samples is not None and (not isinstance(mc_samples, int) or mc_samples < 1):

@@ -36,7 +36,7 @@ from backprobe.layers import OPS, spec_for
 from backprobe.quantities._base import CurvatureQuantity, FirstOrderQuantity, Quantity
 from backprobe.quantities._kfra import backprop_columns, kfra
 from backprobe.quantities._sites import CHUNK_ELEMENTS, SITES, BoundSite
-from backprobe.quantities.first_order import first_order
+from backprobe.quantities.first_order import BatchGrad, first_order
 from backprobe.quantities.hessian import DiagHessian, HutchinsonDiagHessian
 from backprobe.quantities.kronecker import KFRA
 from backprobe.quantities.loss_hessian import check_loss, loss_hessian_sqrt
@@ -82,7 +82,7 @@ class _Site:
     params: dict[str, nn.Parameter]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     site: _Site
     ctx: tuple[Tensor, Any]
@@ -91,20 +91,85 @@ class _Call:
     out_shape: tuple[int, ...] = ()
 
 
+@dataclass(eq=False)
+class _LossCall:
+    """One ``loss_fn`` call: its curvature results and what backward must deliver.
+
+    ``expected``: the gradients ``loss_fn``'s output alone sends to the model output
+    (key ``None``) and to each recorded layer output (key: ``id`` of its call in ``calls``),
+    ``None`` where it
+    sends none; ``results``: ``(quantity, site or params, {name: value})``.
+    """
+
+    expected: dict[int | None, Tensor | None] = field(default_factory=dict)
+    calls: dict[int, _Call] = field(default_factory=dict)
+    results: list[tuple[Any, Any, dict[Any, Any]]] = field(default_factory=list)
+    scale: Tensor | None = None
+    output_grad: Tensor | None = None
+
+
 @dataclass
 class _State:
     pending: list[tuple[_Call, Tensor]] = field(default_factory=list)
     queued: bool = False
     calls: list[tuple[_Call, Any]] = field(default_factory=list)
     busy: bool = False
+    losses: list[_LossCall] = field(default_factory=list)
+    arrived: dict[int, tuple[_Call, Tensor]] = field(default_factory=dict)
+    check_queued: bool = False
+    stored: set[tuple[int, str]] = field(default_factory=set)
+    first_order_passes: int = 0
+    curvature_passes: int = 0
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance when comparing two evaluations of one gradient."""
+    return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
+
+
+def _proportional(actual: Tensor | None, expected: Tensor | None, c: float) -> bool:
+    """Whether ``actual == c * expected`` up to round-off (``None`` meaning zero)."""
+    if actual is None and expected is None:
+        return True
+    if actual is None or expected is None:
+        other: Tensor = expected if actual is None else actual  # type: ignore[assignment]
+        return other.numel() == 0 or c == 0 and actual is None or bool(other.abs().max() == 0)
+    ref = expected.to(actual) * c
+    if actual.shape != ref.shape:
+        return False
+    if actual.numel() == 0:
+        return True
+    err = torch.linalg.vector_norm((actual - ref).double())
+    size = torch.linalg.vector_norm(actual.double()) + torch.linalg.vector_norm(ref.double())
+    return bool(err <= _tolerance(actual.dtype) * size + torch.finfo(actual.dtype).tiny)
 
 
 class record:  # noqa: N801 - a context manager used like a function, as torch.no_grad
     """Compute quantities during ``loss.backward()`` on a plain torch model.
 
     Results are stored on the parameters under BackPACK's attribute names (``p.grad_batch``,
-    ``p.diag_ggn_exact``, ...; see each quantity's docstring for its shape and scaling). They
-    are overwritten, not accumulated, by the next backward; ``.grad`` is produced as usual.
+    ``p.diag_ggn_exact``, ...; see each quantity's docstring for its shape and scaling);
+    ``.grad`` is produced as usual.
+
+    Contract over several backward passes: one context holds one backward by default; a
+    second backward inside the same context raises a ``ValueError`` (rather than keep only
+    the last micro-batch, so that ``grad_batch.sum(0)`` would no longer match ``.grad``).
+    With ``accumulate=True`` results of successive backward passes combine like ``.grad``:
+    per-example results (``grad_batch``, ``batch_l2``, ``diag_ggn_*_batch``, ``sqrt_ggn_*``)
+    are concatenated along the example axis, sums (``sum_grad_squared``, ``diag_ggn_*``,
+    ``diag_h``, ``diag_h_hutchinson``) add; quantities that do not combine that way
+    (``Variance``, ``BatchGradFactors``, Kronecker factors) are refused at construction.
+    Results stay on the parameters after the context exits (as ``.grad`` does); a new
+    context overwrites them at its first backward, and :func:`clear` deletes them.
+
+    Curvature quantities are computed for the objective actually backpropagated when it is
+    ``c * loss_fn(output, target)`` for a single ``loss_fn`` call (``c`` read from the
+    gradient reaching the loss output: ``2 * loss`` or ``loss / steps`` are handled);
+    anything else (a second loss term, a penalty on outputs, several ``loss_fn`` calls in
+    one backward, or a loss computed without the ``loss_fn`` module, e.g. with
+    ``F.cross_entropy``) raises a ``ValueError`` at backward. Penalties on the parameters
+    themselves (an L2 term on the weights) do not pass through the model and are not
+    included: add their Hessian (e.g. ``2 * lambda`` on the diagonal) yourself.
 
     Args:
         model: any ``nn.Module``; every submodule with trainable parameters must be a
@@ -121,10 +186,15 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
             shapes match instead of allocating (on CPU, first-touch page faults of a fresh
             ``[N, *p.shape]`` tensor can cost more than computing it). Off by default:
             references kept to an earlier ``grad_batch`` would then change.
+        accumulate: combine the results of several backward passes in this context
+            (gradient accumulation over micro-batches) instead of raising at the second.
 
     Raises:
         ValueError: unsupported module (named), a non-exact estimator on a converted layer,
-            BatchNorm in train mode (at forward), a missing or unsupported ``loss_fn``.
+            BatchNorm in train mode (at forward), a missing or unsupported ``loss_fn``,
+            ``accumulate=True`` with a quantity that cannot accumulate; at backward: a second
+            backward without ``accumulate=True``, or an objective that is not a multiple of
+            one ``loss_fn`` call while curvature is requested.
         TypeError: something that is not a quantity.
 
     Example:
@@ -143,7 +213,7 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
 
     def __init__(
         self, model: nn.Module, *quantities: Quantity, loss_fn: nn.Module | None = None,
-        fallback: str | None = None, reuse_buffers: bool = False,
+        fallback: str | None = None, reuse_buffers: bool = False, accumulate: bool = False,
     ) -> None:
         if fallback not in (None, "torch.func"):
             raise ValueError(f"fallback must be None or 'torch.func', got {fallback!r}")
@@ -155,8 +225,18 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         fields = [q.savefield for q in quantities]
         if len(set(fields)) != len(fields):
             raise ValueError(f"each quantity may be requested once, got {list(quantities)}")
+        self.accumulate = bool(accumulate)
+        if self.accumulate:
+            fixed = [repr(q) for q in quantities if q.accumulates is None]
+            if fixed:
+                raise ValueError(
+                    f"record(accumulate=True): {', '.join(fixed)} cannot be combined over "
+                    "several backward passes; use one record context per backward for them"
+                )
         self.model = model
         self.quantities = quantities
+        self._by_field: dict[str, Quantity] = {q.savefield: q for q in quantities}
+        self._by_field.setdefault("grad_batch", BatchGrad())  # BatchGradFactors' fallback
         self.loss_fn = loss_fn
         self.first = {type(q) for q in quantities if isinstance(q, FirstOrderQuantity)}
         self.curvature = [q for q in quantities if isinstance(q, CurvatureQuantity)]
@@ -248,6 +328,7 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
             output.register_hook(functools.partial(self._on_grad, call))
         if self.curvature:
             st.calls.append((call, torch.autograd.graph.get_gradient_edge(output)))
+            output.register_hook(functools.partial(self._on_site_grad, call))
 
     # -- first order: during backward --------------------------------------------------
     def _on_grad(self, call: _Call, g: Tensor) -> None:
@@ -262,14 +343,17 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
     def _finalize(self) -> None:
         st = self._state
         pending, st.pending, st.queued = st.pending, [], False
+        self._new_pass("first_order_passes")
         st.busy = True  # the torch.func fallback runs modules again: do not record that
         try:
             for site, calls, gs in _group(pending):
                 bound = self._bind(site, calls)
                 results = first_order(
-                    bound, [g.unsqueeze(0) for g in gs], self.first, self.reuse_buffers
+                    bound, [g.unsqueeze(0) for g in gs], self.first,
+                    self.reuse_buffers and not self.accumulate,
                 )
-                _store(site, results)
+                for savefield, per_param in results.items():
+                    self._store(self._by_field[savefield], site.params, per_param)
         finally:
             st.busy = False
 
@@ -290,18 +374,142 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         st = self._state
         if st.busy or not torch.is_grad_enabled() or not output.requires_grad:
             return
+        f = args[0]
+        entry = _LossCall()
         st.busy = True
         try:
             if self.curvature:
-                self._curvature(module, args[0], args[1])
+                self._curvature(module, f, args[1], entry)
             for q in self.hutchinson:
                 params = [p for p in self.model.parameters() if p.requires_grad]
-                for p, v in zip(params, q.compute(output, params)):
-                    setattr(p, q.savefield, v)
+                values = q.compute(output, params)
+                entry.results.append((q, dict(enumerate(params)), dict(enumerate(values))))
+            self._expect(output, f, entry)
         finally:
             st.busy = False
+        st.losses.append(entry)
+        output.register_hook(functools.partial(self._on_loss_grad, entry, "scale"))
+        if isinstance(f, Tensor) and f.requires_grad:
+            f.register_hook(functools.partial(self._on_loss_grad, entry, "output_grad"))
 
-    def _curvature(self, loss_fn: nn.Module, f: Tensor, target: Tensor) -> None:
+    def _expect(self, output: Tensor, f: Any, entry: _LossCall) -> None:
+        """The gradients ``loss_fn``'s output alone sends to the model and layer outputs."""
+        if not (isinstance(f, Tensor) and f.requires_grad):
+            return
+        (df,) = torch.autograd.grad(output, f, retain_graph=True, allow_unused=True)
+        entry.expected[None] = df
+        calls = self._state.calls if self.curvature else []
+        if calls and df is not None:
+            cols = backprop_columns(f, [e for _, e in calls], df.unsqueeze(0))
+            for (call, _), g in zip(calls, cols):
+                entry.expected[id(call)] = None if g is None else g[0]
+                entry.calls[id(call)] = call
+
+    # -- the objective check, at the end of each backward ------------------------------
+    def _queue_check(self) -> None:
+        st = self._state
+        if not st.check_queued:
+            st.check_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._check_objective)
+
+    def _on_loss_grad(self, entry: _LossCall, slot: str, g: Tensor) -> None:
+        if self._state.busy:
+            return
+        setattr(entry, slot, g.detach())
+        self._queue_check()
+
+    def _on_site_grad(self, call: _Call, g: Tensor) -> None:
+        st = self._state
+        if st.busy:
+            return
+        st.arrived[id(call)] = (call, g.detach())
+        self._queue_check()
+
+    def _check_objective(self) -> None:
+        """Store the rescaled curvature of this backward's ``loss_fn`` call, or raise.
+
+        Raises where the objective backpropagated is not a multiple of that one call.
+        """
+        st = self._state
+        arrived, st.arrived, st.check_queued = st.arrived, {}, False
+        fired = [e for e in st.losses if e.scale is not None or e.output_grad is not None]
+        st.losses = [e for e in st.losses if e not in fired]
+        wanted = ", ".join(map(repr, [*self.curvature, *self.hutchinson]))
+        if not fired:
+            if arrived:
+                raise ValueError(
+                    f"record: {wanted} need the loss computed by the loss_fn module passed to "
+                    "record, inside the context, and backward through its output; this "
+                    "backward reached the model's layers without passing through a loss_fn "
+                    "call (e.g. F.cross_entropy instead of nn.CrossEntropyLoss, or backward "
+                    "of another quantity). No curvature was stored."
+                )
+            return
+        if len(fired) > 1:
+            raise ValueError(
+                f"record: this backward went through {len(fired)} loss_fn calls; {wanted} "
+                "support one loss_fn call per backward (concatenate the batches and call "
+                "loss_fn once, or backpropagate each loss in its own backward with "
+                "record(..., accumulate=True)). No curvature was stored."
+            )
+        entry = fired[0]
+        if entry.scale is None or entry.scale.numel() != 1:
+            raise ValueError(
+                f"record: {wanted}: the backward reached the model output but not loss_fn's "
+                "output (the objective is not loss_fn(output, target) times a number). "
+                "No curvature was stored."
+            )
+        c = float(entry.scale)
+        where = []
+        if not _proportional(entry.output_grad, entry.expected.get(None), c):
+            where.append("the model output")
+        for key, (call, g) in arrived.items():
+            if key not in entry.expected or not _proportional(g, entry.expected[key], c):
+                where.append(f"module '{call.site.name}'")
+        for ident, e in entry.expected.items():
+            if ident is not None and ident not in arrived and not _proportional(None, e, c):
+                where.append(f"module '{entry.calls[ident].site.name}'")
+        if where:
+            raise ValueError(
+                f"record: {wanted} are the curvature of c * loss_fn(output, target) (c = "
+                f"{c:g} here), but the gradient reaching {', '.join(sorted(set(where)))} is "
+                "not c times loss_fn's own: the objective has other terms (a second loss "
+                "term, a penalty on outputs or activations, or the output used elsewhere). "
+                "Record the curvature of loss_fn alone (backpropagate it by itself, or use "
+                "torch.func for the whole objective). No curvature was stored."
+            )
+        self._new_pass("curvature_passes")
+        for q, target, result in entry.results:
+            scaled = q.scaled(result, c) if isinstance(q, CurvatureQuantity) else \
+                {k: v * c for k, v in result.items()}
+            self._store(q, target, scaled)
+
+    # -- storing -----------------------------------------------------------------------
+    def _new_pass(self, counter: str) -> None:
+        """Count one backward that stores results; a second one needs ``accumulate``."""
+        st = self._state
+        done = getattr(st, counter)
+        if done and not self.accumulate:
+            raise ValueError(
+                "record: a second backward inside one record context would overwrite the "
+                "first's results (e.g. grad_batch would then hold only the last micro-batch "
+                "and not sum to .grad). Use one record context per backward, or "
+                "record(..., accumulate=True) to combine them like .grad."
+            )
+        setattr(st, counter, done + 1)
+
+    def _store(self, q: Quantity, params: dict[Any, Any], per_param: dict[Any, Any]) -> None:
+        """Set ``q``'s results on ``params``, combining with this context's earlier ones."""
+        st = self._state
+        for k, v in per_param.items():
+            p = params[k]
+            key = (id(p), q.savefield)
+            if self.accumulate and key in st.stored:
+                v = q.accumulate(getattr(p, q.savefield), v)
+            st.stored.add(key)
+            setattr(p, q.savefield, v)
+
+    def _curvature(self, loss_fn: nn.Module, f: Tensor, target: Tensor, entry: _LossCall) -> None:
         calls = [(c, e) for c, e in self._state.calls]
         if not calls or not f.requires_grad:
             return
@@ -342,9 +550,12 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
                             r = q.combine(acc[slot][1], r)  # type: ignore[attr-defined]
                         acc[slot] = (site, r)
             for (i, _), (site, r) in acc.items():
-                _store(site, {qs[i].savefield: r})
+                entry.results.append((qs[i], site.params, r))
         for kq in self.kfra:
-            kfra(kq, loss_fn, f, target, calls, self._bind, _store)
+            def keep(site: _Site, results: dict[str, Any], kq: KFRA = kq) -> None:
+                entry.results.append((kq, site.params, results[kq.savefield]))
+
+            kfra(kq, loss_fn, f, target, calls, self._bind, keep)
 
 
 def _group(
@@ -359,7 +570,22 @@ def _group(
     return list(by_site.values())
 
 
-def _store(site: _Site, results: dict[str, Any]) -> None:
-    for savefield, per_param in results.items():
-        for k, v in per_param.items():
-            setattr(site.params[k], savefield, v)
+def clear(model: nn.Module) -> nn.Module:
+    """Delete every quantity result (``p.grad_batch``, ``p.diag_ggn_exact``, ...) of ``model``.
+
+    Results otherwise stay on the parameters after the ``record`` context exits.
+
+    Returns:
+        ``model``.
+    """
+    from backprobe.quantities import curvature, first_order, hessian, kronecker
+
+    fields = {
+        cls.savefield for mod in (curvature, first_order, hessian, kronecker)
+        for cls in vars(mod).values()
+        if isinstance(cls, type) and issubclass(cls, Quantity) and cls.savefield
+    }
+    for p in model.parameters():
+        for name in fields:
+            p.__dict__.pop(name, None)
+    return model

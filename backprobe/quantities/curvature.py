@@ -34,6 +34,7 @@ Assumes examples do not interact in the forward pass (no BatchNorm in train mode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +56,7 @@ class _MC(CurvatureQuantity):
 
 class _Diag:
     batch = False
+    accumulates: str | None = "sum"
 
     def compute(self, bound: BoundSite, gs: Sequence[Tensor]) -> dict[str, Tensor]:
         return bound.diag(gs, batch=self.batch)
@@ -66,6 +68,22 @@ class _Diag:
 
 
 class _Sqrt:
+    accumulates: str | None = "cat"
+    cat_dim = 1
+
+    def scaled(self, result: dict[str, Tensor], c: float) -> dict[str, Tensor]:
+        """``sqrt(c)`` times the factor (``c * G = (sqrt(c) V)(sqrt(c) V)^T``).
+
+        Raises:
+            ValueError: for ``c < 0`` (the GGN of ``c * loss`` is then negative definite).
+        """
+        if c < 0:
+            raise ValueError(
+                f"{type(self).__name__}: the loss was scaled by {c} < 0 before backward; the "
+                "GGN of a negatively scaled loss has no real square root"
+            )
+        return {k: v * math.sqrt(c) for k, v in result.items()}
+
     def compute(self, bound: BoundSite, gs: Sequence[Tensor]) -> dict[str, Tensor]:
         return bound.per_example(gs)
 
@@ -97,6 +115,7 @@ class BatchDiagGGNExact(_Diag, _Exact):
 
     savefield = "diag_ggn_exact_batch"
     batch = True
+    accumulates: str | None = "cat"
 
 
 class BatchDiagGGNMC(_Diag, _MC):
@@ -104,6 +123,7 @@ class BatchDiagGGNMC(_Diag, _MC):
 
     savefield = "diag_ggn_mc_batch"
     batch = True
+    accumulates: str | None = "cat"
 
 
 class SqrtGGNExact(_Sqrt, _Exact):

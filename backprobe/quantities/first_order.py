@@ -61,18 +61,21 @@ class BatchGrad(FirstOrderQuantity):
     """
 
     savefield = "grad_batch"
+    accumulates: str | None = "cat"
 
 
 class BatchL2Grad(FirstOrderQuantity):
     """Squared norms ``||b_n||^2`` of the per-example terms in ``p.batch_l2``, ``[N]``."""
 
     savefield = "batch_l2"
+    accumulates: str | None = "cat"
 
 
 class SumGradSquared(FirstOrderQuantity):
     """Elementwise second moment ``sum_n b_n**2`` in ``p.sum_grad_squared``, ``[*p.shape]``."""
 
     savefield = "sum_grad_squared"
+    accumulates: str | None = "sum"
 
 
 class Variance(FirstOrderQuantity):

@@ -80,6 +80,7 @@ class HutchinsonDiagHessian(Quantity):
 
     savefield = "diag_h_hutchinson"
     needs_input = False
+    accumulates: str | None = "sum"
 
     def __init__(self, samples: int = 1, seed: int | None = None) -> None:
         if samples < 1:

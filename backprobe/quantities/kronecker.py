@@ -30,7 +30,16 @@ from backprobe.quantities._base import CurvatureQuantity
 from backprobe.quantities._sites import BoundSite
 
 
+def _scale_first(result: dict[str, list[Tensor]], c: float) -> dict[str, list[Tensor]]:
+    """``c`` times the output factor ``G`` (``c * (G (x) A) = (c G) (x) A``)."""
+    return {k: [v[0] * c, *v[1:]] for k, v in result.items()}
+
+
 class _Kron(CurvatureQuantity):
+    def scaled(self, result: dict[str, list[Tensor]], c: float) -> dict[str, list[Tensor]]:
+        """``c`` times ``G``."""
+        return _scale_first(result, c)
+
     def compute(self, bound: BoundSite, gs: Sequence[Tensor]) -> dict[str, list[Tensor]]:
         return bound.kron(gs, type(self).__name__)
 
@@ -116,6 +125,10 @@ class KFRA(CurvatureQuantity):
     """
 
     savefield = "kfra"
+
+    def scaled(self, result: dict[str, list[Tensor]], c: float) -> dict[str, list[Tensor]]:
+        """``c`` times ``G``."""
+        return _scale_first(result, c)
 
     def __init__(self, max_features: int = 4096) -> None:
         super().__init__(None, seed=0)
