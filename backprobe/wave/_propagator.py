@@ -161,8 +161,11 @@ class Propagator:
             freq = pml_freq if pml_freq is not None else dominant_frequency(wavelet, dt)
             self.cpml = CPML(self.dom, h, order, dx, dt, pml, vmax, freq, s, self.dtype,
                              self.device, coeff)
-        #: Fields per state (pressure now and before, plus CPML memory variables).
-        self.n_state = 2 + (2 * self.ndim if self.cpml is not None else 0)
+        #: The state (pressure now and before, plus the CPML's memory variables on its
+        #: strips), flattened: ``state_numel`` numbers per shot.
+        self._state_parts = 2 * [math.prod(self.dom)] + (
+            [t[0].numel() for t in self.cpml.state] if self.cpml is not None else [])
+        self.state_numel = sum(self._state_parts)
 
     def _stencil_views(self, buf: Tensor) -> tuple[Tensor, list[tuple[float, Tensor, Tensor]]]:
         h = self.halo
@@ -182,9 +185,10 @@ class Propagator:
 
         With a CPML: ``L_pml p``, which advances the memory variables to the current step.
         """
+        self._apply_laplacian(self.views[which], out, False)
         if self.cpml is not None:
-            return self.cpml.laplacian(self.bufs[which], out)
-        return self._apply_laplacian(self.views[which], out, False)
+            self.cpml.correct(self.bufs[which], out)
+        return out
 
     def _apply_laplacian(
         self, views: tuple[Tensor, list[tuple[float, Tensor, Tensor]]], out: Tensor,
@@ -238,13 +242,27 @@ class Propagator:
         """
         return self.laplacian(self.cur, out)
 
+    def empty_state(self, *lead: int) -> Tensor:
+        """An uninitialised ``[*lead, S, state_numel]`` tensor for ``save_state``."""
+        return torch.empty((*lead, self.shots, self.state_numel), dtype=self.dtype,
+                           device=self.device)
+
+    def _state_fields(self) -> list[Tensor]:
+        fields = [self.inner[self.cur], self.inner[1 - self.cur]]
+        return fields + (self.cpml.state if self.cpml is not None else [])
+
+    def _state_views(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` (``[S, state_numel]``) cut into views shaped like the state's fields."""
+        views, off = [], 0
+        for t, n in zip(self._state_fields(), self._state_parts):
+            views.append(flat[:, off:off + n].view(t.shape))
+            off += n
+        return views
+
     def save_state(self, into: Tensor) -> None:
-        """Copy the state on ``D`` into ``into`` (``[n_state, S, *D]``)."""
-        into[0].copy_(self.inner[self.cur])
-        into[1].copy_(self.inner[1 - self.cur])
-        if self.cpml is not None:
-            for i, t in enumerate(self.cpml.state):
-                into[2 + i].copy_(t)
+        """Copy the state into ``into`` (``[S, state_numel]``, from ``empty_state``)."""
+        for dst, src in zip(self._state_views(into), self._state_fields()):
+            dst.copy_(src)
 
     def load_state(self, state: Tensor | None) -> None:
         """Restore a state saved by ``save_state`` (``None``: the zero initial state)."""
@@ -252,11 +270,8 @@ class Propagator:
         if state is None:
             self.reset()
             return
-        self.inner[0].copy_(state[0])
-        self.inner[1].copy_(state[1])
-        if self.cpml is not None:
-            for i, t in enumerate(self.cpml.state):
-                t.copy_(state[2 + i])
+        for src, dst in zip(self._state_views(state), self._state_fields()):
+            dst.copy_(src)
 
     def forward(
         self, slot: Callable[[int], Tensor | None], commit: Callable[[int], None],
@@ -319,10 +334,9 @@ class Propagator:
             q1, new = q[na], q[1 - na]  # lambda_{n+2}; storage of lambda_{n+3}
             torch.mul(q1, self.Cm, out=tmp_inner)
             new.mul_(self.Bn)
+            self._apply_laplacian(tmp_views, new, accumulate=True)
             if self.cpml is not None:
                 self.cpml.adjoint_terms(tmp_inner, new)
-            else:
-                self._apply_laplacian(tmp_views, new, accumulate=True)
             new.addcmul_(self.A, q1)
             new.view(s, -1).scatter_add_(1, self.rec_index_d, g[n])
             na = 1 - na  # q[na] = lambda_{n+1}

@@ -19,7 +19,7 @@ from math import comb
 from torch import Tensor
 
 from backprobe.wave._propagator import Propagator
-from backprobe.wave.imaging import Imaging, ImagingPass, ModellingInfo, empty_field
+from backprobe.wave.imaging import Imaging, ImagingPass, ModellingInfo
 
 
 def split(m: int, s: int) -> int:
@@ -37,7 +37,7 @@ class _CheckpointPass(ImagingPass):
         self.keep = keep
         n = prop.n_steps
         self.slots = min(snapshots, max(n - 1, 1))
-        self.pool = (self.hold(empty_field(prop, self.slots, prop.n_state)) if keep
+        self.pool = (self.hold(prop.empty_state(self.slots)) if keep
                      else None)
         self.pos = [-1] * self.slots
         # The schedule's first descent: stored during the forward run.
@@ -111,8 +111,8 @@ class Checkpoint(Imaging):
 
     Exact: the gradient equals ``Exact()``'s bit for bit, at the price of recomputing
     forward steps (about ``rho`` times each, ``beta(snapshots + 1, rho) >= N``).
-    Memory: ``snapshots * n_state * S * |D|`` numbers, ``n_state = 2`` fields per state
-    (``2 + 2 ndim`` with a CPML, whose memory variables are part of the state); the rest
+    Memory: ``snapshots * S * state_numel`` numbers: two fields on ``D`` per state, plus,
+    with a CPML, its memory variables on the layer cells (part of the state); the rest
     state is implicit.
 
     Args:

@@ -46,7 +46,10 @@ def test_checkpoint_equals_exact_with_cpml(snapshots):
         (model(vg, DX, DT, W, SRC, REC, imaging=imaging, **KW, **layer) * DD).sum().backward()
         grads.append(vg.grad)
     assert torch.equal(grads[0], grads[1])
-    assert imaging.nbytes() == snapshots * (2 + 2 * 2) * 2 * 18 * 21 * 8
+    # Per shot: two pressure fields on the 18 x 21 domain, plus psi and zeta on the
+    # 3-cell layers only (2 x 3 rows of 21 cells, 2 x 3 columns of 18 cells).
+    per_shot = 2 * 18 * 21 + 2 * (2 * 3 * 21 + 2 * 3 * 18)
+    assert imaging.nbytes() == snapshots * per_shot * 2 * 8
 
 
 def test_checkpoint_split_respects_binomial_bounds():
