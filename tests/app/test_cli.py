@@ -165,3 +165,39 @@ def test_import_backprobe_imports_no_app():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_version(capsys):
+    import backprobe
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"backprobe {backprobe.__version__}"
+
+
+def test_model_help_lists_the_model_names():
+    from backprobe.app.models import MODELS
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    for command in ("train", "compare", "variance", "memory"):
+        text = " ".join(sub[command].format_help().split())
+        assert all(name in text for name in MODELS), command
+
+
+def test_memory_table_has_no_zero_ratio_rows(capsys):
+    assert main(["memory", "--model", "lenet5", "--input-shape", "2,1,28,28",
+                 "--estimator", "probe:8"]) == 0
+    text = capsys.readouterr().out
+    import re
+
+    assert not re.search(r"(?<![\d.])0\.0x", text) and " 0 B " not in text
+    assert "shared*" in text and "one storage, counted there" in text
+
+
+def test_train_summary_wording(tmp_path, capsys):
+    assert main(["train", "--image-size", "8", "--batch-size", "512", "--max-steps", "1",
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "(same as exact)" in text and "1.0x less" not in text
