@@ -19,6 +19,7 @@ from typing import Any
 
 from backprobe.app._args import add_common, add_training, estimator_specs, ints, spec_epilog
 from backprobe.app._checks import output_dir, positive
+from backprobe.app.data import DataSplit
 from backprobe.app.report import (
     echo,
     format_bytes,
@@ -262,7 +263,7 @@ def compare(
     seeds: Sequence[int] = (0,), *, epochs: int = 10, optimizer: str = "adam",
     lr: float | None = None, data_dir: str | None = None, image_size: int | None = None,
     device: str = "cpu", skip_first: bool = False, progress: bool = False,
-    on_run: Callable[[TrainResult], None] | None = None,
+    on_run: Callable[[TrainResult], None] | None = None, split: DataSplit | None = None,
 ) -> CompareResult:
     """Train every (seed, batch size, estimator) and collect the results.
 
@@ -281,6 +282,7 @@ def compare(
         skip_first: keep the first layer exact in every probed run.
         progress: tqdm bars (the grid, and each run's epochs).
         on_run: called with each finished run.
+        split: preloaded data (default: :func:`load_data` of ``data``).
 
     Returns:
         A :class:`CompareResult`.
@@ -294,7 +296,8 @@ def compare(
                        data_dir=data_dir, image_size=image_size, device=device,
                        skip_first=skip_first, batch_size=max(batch_sizes))
     base.validate()
-    split = load_data(data, data_dir=data_dir, image_size=image_size)
+    if split is None:
+        split = load_data(data, data_dir=data_dir, image_size=image_size)
     if max(batch_sizes) > len(split.x_train):
         raise ValueError(f"--batch-sizes {max(batch_sizes)} is larger than the training set "
                          f"({len(split.x_train)} examples of {split.name})")

@@ -6,11 +6,17 @@ from backprobe.app.compare import compare
 
 
 def test_compare_tiny_grid(tmp_path):
-    res = compare("mnist_cnn", "digits", ["exact", "probe:2"], [512], seeds=[0, 1], epochs=1,
-                  image_size=8)
-    assert len(res.runs) == 4
+    from dataclasses import replace
+
+    from backprobe.app.training import load_data
+
+    full = load_data("digits", image_size=8)  # 200 training examples: one step per run
+    split = replace(full, x_train=full.x_train[:200], y_train=full.y_train[:200])
+    res = compare("mnist_cnn", "digits", ["exact", "probe:2"], [200], seeds=[0, 1], epochs=1,
+                  image_size=8, split=split)
+    assert len(res.runs) == 4 and all(r.steps == 1 for r in res.runs)
     table = res.table()
-    assert "exact" in table and "probe:2" in table and "±" in table and "B=512" in table
+    assert "exact" in table and "probe:2" in table and "±" in table and "B=200" in table
     rows = res.summary()
     assert [r["estimator"] for r in rows] == ["exact", "probe:2"]
     assert rows[0]["memory_ratio"] == pytest.approx(1.0)

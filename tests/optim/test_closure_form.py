@@ -52,7 +52,7 @@ def test_closure_form_equals_indices_form(cls, kwargs, form):
     for b in BATCHES:
         idx = torch.tensor(b)
 
-        def closure():
+        def closure(idx=idx):
             opt.zero_grad()
             if records:
                 with opt.record(model):
@@ -107,7 +107,7 @@ def test_svrg_accepts_the_same_closure():
         for b in BATCHES:
             idx = torch.tensor(b)
 
-            def closure():
+            def closure(opt=opt, model=model, idx=idx, with_indices=with_indices):
                 opt.zero_grad()
                 loss = _loss(model, x, y, idx)
                 loss.backward()
