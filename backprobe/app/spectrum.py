@@ -54,6 +54,8 @@ class SpectrumResult:
     slq_matvecs: int = 0
     slq_s: float = 0.0
     threads: int = 1
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -67,6 +69,7 @@ class SpectrumResult:
             f"trace: {self.trace:.5g} +- {self.trace_std_error:.2g} ({100 * rel:.1f}%, "
             f"{self.trace_method}, {self.trace_matvecs} matvecs, {self.trace_s:.1f} s)",
             f"density: {self.slq_matvecs} matvecs, {self.slq_s:.1f} s",
+            f"total: {self.wall_s:.1f} s wall, {self.cpu_s:.1f} s CPU (all threads)",
         ])
 
 
@@ -125,6 +128,7 @@ def spectrum(
     """
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {list(CURVATURES)}, got {curvature!r}")
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     model, x, y = _load(model_name, data, checkpoint, data_dir, image_size, examples)
     batches = list(zip(x.split(batch_size), y.split(batch_size)))
     op = CURVATURES[curvature](model, nn.CrossEntropyLoss(), batches)
@@ -158,6 +162,7 @@ def spectrum(
         res.density = sd.density(grid).tolist()
         if progress:
             echo(f"density ({sd.num_matvecs} matvecs, {res.slq_s:.1f} s)")
+    res.wall_s, res.cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     if out is not None:
         res.files = [str(p) for p in _write(res, Path(out))]
     return res
