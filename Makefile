@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 TORCH   := torch==2.13.0
 
-.PHONY: venv install install-dev demo test bench lint clean
+.PHONY: venv install install-dev demo test bench bench-readme lint clean
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -25,9 +25,14 @@ demo: .venv/.installed
 test: .venv/.installed-dev
 	$(PY) -m pytest
 
+# Casual runs write under the git-ignored results/bench; bench-readme rewrites the README's.
 bench: .venv/.installed
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_networks.py
+
+bench-readme: .venv/.installed
+	$(PY) benchmarks/bench_layers.py --out benchmarks/results
+	$(PY) benchmarks/bench_networks.py --out benchmarks/results
 
 lint: .venv/.installed-dev
 	$(PY) -m ruff check backprobe tests benchmarks
