@@ -53,13 +53,11 @@ from backprobe.app.spec import is_exact, parse_estimator
 from backprobe.convert import convert, report
 from backprobe.estimators import Estimator
 from backprobe.memory import saved_activation_bytes
-from backprobe.nn import EstimatedLayer
 
 __all__ = [
     "CHECKPOINT_FORMAT", "DEFAULT_LR", "TrainConfig", "TrainResult", "add_parser", "build_model",
-    "default_image_size", "epoch_line", "estimator_states", "load_estimator_states",
-    "evaluate", "load_data", "prepare_model", "run", "run_line", "save_model",
-    "step_saved_bytes", "train",
+    "default_image_size", "epoch_line", "evaluate", "load_data", "prepare_model", "run",
+    "run_line", "save_model", "step_saved_bytes", "train",
 ]
 
 #: Default learning rates, checked on mnist_cnn / digits (28x28), 10 epochs, batch 32 and 128.
@@ -264,26 +262,6 @@ _RESUME_KEYS = ("model", "data", "estimator", "batch_size", "lr", "optimizer", "
                 "seed", "image_size", "skip_first")
 
 
-def estimator_states(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """``estimator.state_dict()`` of every estimated layer of ``model``, by module name."""
-    return {name: m.estimator.state_dict() for name, m in model.named_modules()
-            if isinstance(m, EstimatedLayer)}
-
-
-def load_estimator_states(model: nn.Module, states: dict[str, dict[str, Any]]) -> None:
-    """Restore what :func:`estimator_states` returned.
-
-    Raises:
-        ValueError: the layers differ from the checkpoint's.
-    """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, EstimatedLayer)}
-    if set(layers) != set(states):
-        raise ValueError(f"checkpoint's estimated layers {sorted(states)} differ from the "
-                         f"model's {sorted(layers)}")
-    for name, m in layers.items():
-        m.estimator.load_state_dict(states[name])
-
-
 class _StopRequest:
     """Ctrl-C (SIGINT) as a request to stop after the current step; a second one aborts.
 
@@ -338,10 +316,10 @@ def train(
         on_epoch: called as ``on_epoch(epoch, result_so_far)`` after each epoch (rank 0 only).
         on_step: called as ``on_step(result_so_far)`` after each optimizer step (rank 0 only).
         checkpoint: write a resumable checkpoint here (atomically) after every epoch, at the
-            end and on Ctrl-C (rank 0 only). It holds the model's ``state_dict``, the
+            end and on Ctrl-C (rank 0 only). It holds the model's ``state_dict`` (which
+            carries every estimator's generator and buffers, ``<layer>.estimator.*``), the
             optimizer's state, the position (epoch, step), the data-order generator's state
-            at the epoch's start, every estimator's state, the global RNG state and the
-            result so far.
+            at the epoch's start, the global RNG state and the result so far.
         resume: continue from such a checkpoint: the run ends bit for bit as if it had not
             stopped. ``config`` must match the checkpoint's except ``epochs``, ``max_steps``
             and ``device``.
@@ -394,7 +372,6 @@ def train(
     first_epoch, skip, loss_sum, seen, elapsed = 1, 0, 0.0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        load_estimator_states(model, state["estimators"])
         opt.load_state_dict(state["optimizer"])
         order_gen.set_state(state["order_generator"])
         torch.set_rng_state(state["rng"])
@@ -411,7 +388,7 @@ def train(
             return
         save_checkpoint(checkpoint, {
             "format": CHECKPOINT_FORMAT, "config": asdict(config), "model": model.state_dict(),
-            "estimators": estimator_states(model), "optimizer": opt.state_dict(),
+            "optimizer": opt.state_dict(),
             "order_generator": epoch_start_state, "rng": torch.get_rng_state(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "loss_sum": loss_sum, "seen": seen,
             "elapsed": elapsed, "result": result.to_json(),
