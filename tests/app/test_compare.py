@@ -86,3 +86,28 @@ def test_table_wording_never_says_one_x_less():
     table = CompareResult.from_json([_doc([0])]).table()
     assert "same as exact" in table and "2.5x less" in table
     assert "1.0x" not in table
+
+
+def test_ctrl_c_keeps_the_finished_runs(monkeypatch):
+    import os
+    import signal
+    from dataclasses import replace
+
+    from backprobe.app import compare as compare_mod
+    from backprobe.app.training import load_data
+
+    full = load_data("digits", image_size=8)
+    split = replace(full, x_train=full.x_train[:200], y_train=full.y_train[:200])
+    real, calls = compare_mod.train, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C during the second run's first step
+            kwargs["on_step"] = lambda r: os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compare_mod, "train", train)
+    res = compare("mnist_cnn", "digits", ["exact", "probe:2"], [100], seeds=[0], epochs=2,
+                  image_size=8, split=split)
+    assert res.interrupted and [r.estimator for r in res.runs] == ["exact"]
+    assert res.to_json()["interrupted"] is True and len(calls) == 2
