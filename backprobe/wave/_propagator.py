@@ -336,7 +336,7 @@ class Propagator:
             new.mul_(self.Bn)
             self._apply_laplacian(tmp_views, new, accumulate=True)
             if self.cpml is not None:
-                self.cpml.adjoint_terms(tmp_inner, new)
+                self.cpml.adjoint_terms(tmp, new)
             new.addcmul_(self.A, q1)
             new.view(s, -1).scatter_add_(1, self.rec_index_d, g[n])
             na = 1 - na  # q[na] = lambda_{n+1}
