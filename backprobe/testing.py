@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.convert import revert
+from backprobe.nn import AFFINE_SWAPS, COMPACT_SWAPS
+
+_BACKPROBE_TYPES = (*AFFINE_SWAPS.values(), *COMPACT_SWAPS.values())
 
 
 def reference_grads(
@@ -19,7 +22,10 @@ def reference_grads(
     The module is copied and reverted to its plain torch type first, so this is the oracle
     for any backprobe layer. Keys: ``"input"`` and each parameter name.
     """
-    ref = revert(copy.deepcopy(module)).to(dtype)
+    ref = copy.deepcopy(module)
+    if any(type(m) in _BACKPROBE_TYPES for m in ref.modules()):
+        revert(ref)
+    ref = ref.to(dtype)
     xr = x.detach().to(dtype).requires_grad_(True)
     out = ref(xr)
     params = dict(ref.named_parameters())
