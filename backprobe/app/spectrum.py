@@ -1,7 +1,8 @@
 """``backprobe spectrum``: PyHessian-style curvature spectrum of a model on a data set.
 
 Over the whole training split (or its first ``--examples``): the top eigenvalues of the
-Hessian (or GGN) by Lanczos, its trace with a standard error (``method="auto"`` of
+Hessian (or GGN) by Lanczos, its trace (exact from backprobe's exact diagonal for
+piecewise-linear networks, else with a standard error by ``method="auto"`` of
 :func:`backprobe.linalg.trace`, stopped adaptively at ``--trace-rtol``), and the
 eigenvalue density by stochastic Lanczos quadrature, written as JSON and a PNG.
 
@@ -90,10 +91,38 @@ def _load(model_name: str, data: str, checkpoint: str | None, data_dir: str | No
     return model.eval(), x, y
 
 
+def exact_trace(model: nn.Module, batches: list[Any], curvature: str) -> float | None:
+    """The exact trace from backprobe's exact diagonal quantities, or ``None``.
+
+    For a piecewise-linear network (ReLU, max pooling, affine layers) the Hessian's
+    diagonal equals the GGN's, which :class:`backprobe.DiagHessian` /
+    :class:`backprobe.DiagGGNExact` form exactly from backpropagated loss-Hessian columns
+    (one pass with ``C`` columns per batch). ``None`` when the model is not supported
+    (:class:`backprobe.DiagHessian` raises a ``ValueError``).
+    """
+    import backprobe
+
+    quantity = backprobe.DiagHessian() if curvature == "hessian" else backprobe.DiagGGNExact()
+    lf = nn.CrossEntropyLoss()
+    total, n = 0.0, sum(len(y) for _, y in batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for x, y in batches:
+            with backprobe.record(model, quantity, loss_fn=lf):
+                loss = lf(model(x), y)
+                loss.backward()
+            total += len(y) / n * sum(float(getattr(p, quantity.savefield).sum()) for p in params)
+            model.zero_grad(set_to_none=True)
+    except ValueError:
+        return None
+    return total
+
+
 def spectrum(
     model_name: str = "mnist_cnn", data: str = "digits", *, checkpoint: str | None = None,
     curvature: str = "hessian", examples: int | None = None, batch_size: int = 512,
-    top_k: int = 1, eig_tol: float = 1e-3, trace_matvecs: int = 20, trace_rtol: float = 0.025,
+    top_k: int = 1, eig_tol: float = 1e-3, trace_method: str = "exact-or-auto",
+    trace_matvecs: int = 20, trace_rtol: float = 0.025,
     max_trace_matvecs: int = 400, slq_probes: int = 2, slq_steps: int = 20, seed: int = 0,
     out: str | None = "results/spectrum", data_dir: str | None = None,
     image_size: int | None = None, progress: bool = True,
@@ -109,6 +138,10 @@ def spectrum(
         batch_size: examples per batch of the products.
         top_k: eigenvalues to find (Lanczos, largest algebraic).
         eig_tol: Lanczos residual tolerance relative to the top eigenvalue.
+        trace_method: ``"exact-or-auto"`` (default): the exact trace from
+            :func:`exact_trace` when the network is piecewise linear, else
+            ``trace(method="auto")``; or any method of :func:`backprobe.linalg.trace`
+            (stochastic, with a standard error).
         trace_matvecs: first block of the trace estimate (even).
         trace_rtol: stop once the trace's standard error is this fraction of it.
         max_trace_matvecs: budget of the trace estimate.
@@ -139,8 +172,14 @@ def spectrum(
     if progress:
         echo(f"top eigenvalues {eig.values.tolist()} ({eig.num_matvecs} matvecs, {t_eig:.1f} s)")
     t0 = time.perf_counter()
-    tr = linalg.trace(op, trace_matvecs, method="auto", generator=seed + 1, rtol=trace_rtol,
-                      max_matvecs=max_trace_matvecs)
+    exact = exact_trace(model, batches, curvature) if trace_method == "exact-or-auto" else None
+    if exact is not None:
+        name = "DiagHessian" if curvature == "hessian" else "DiagGGNExact"
+        tr = linalg.Estimate(exact, 0.0, 0, f"exact (backprobe.{name})")
+    else:
+        method = "auto" if trace_method == "exact-or-auto" else trace_method
+        tr = linalg.trace(op, trace_matvecs, method=method, generator=seed + 1, rtol=trace_rtol,
+                          max_matvecs=max_trace_matvecs)
     t_tr = time.perf_counter() - t0
     if progress:
         echo(f"trace {tr.value:.5g} +- {tr.std_error:.2g} ({tr.num_matvecs} matvecs, "
@@ -198,6 +237,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--eig-tol", type=float, default=1e-3)
+    p.add_argument("--trace-method", default="exact-or-auto",
+                   help="exact-or-auto (exact diagonal for piecewise-linear nets) or a "
+                   "backprobe.linalg.trace method: auto, hutchinson, xtrace, ...")
     p.add_argument("--trace-matvecs", type=int, default=20, help="first block (even)")
     p.add_argument("--trace-rtol", type=float, default=0.025,
                    help="stop at this relative standard error (0.025: +-5%% at 2 sigma)")
@@ -216,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     res = spectrum(
         args.model, args.data, checkpoint=args.checkpoint, curvature=args.curvature,
         examples=args.examples, batch_size=args.batch_size, top_k=args.top_k,
-        eig_tol=args.eig_tol, trace_matvecs=args.trace_matvecs, trace_rtol=args.trace_rtol,
+        eig_tol=args.eig_tol, trace_method=args.trace_method,
+        trace_matvecs=args.trace_matvecs, trace_rtol=args.trace_rtol,
         max_trace_matvecs=args.max_trace_matvecs, slq_probes=args.slq_probes,
         slq_steps=args.slq_steps, seed=args.seed, out=args.out, data_dir=args.data_dir,
         image_size=args.image_size, progress=not args.no_progress)
