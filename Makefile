@@ -22,8 +22,10 @@ install-dev: .venv/.installed-dev
 demo: .venv/.installed
 	$(PY) -m backprobe compare --model mnist_cnn --data digits --estimators exact,probe:4,probe:16,probe:64 --batch-sizes 32,128 --epochs 10 --threads 1 --out results/demo
 
+# One torch thread per test process: the tests' tensors are small, and on a busy 2-core
+# machine two threads contend (40 tiny KFLR steps took 11 s with 2 threads, 0.2 s with 1).
 test: .venv/.installed-dev
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 # Casual runs write under the git-ignored results/bench; bench-readme rewrites the README's.
 bench: .venv/.installed

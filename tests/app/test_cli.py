@@ -11,6 +11,7 @@ def test_train_writes_json(tmp_path, capsys):
     out = tmp_path / "run.json"
     code = main(["train", "--model", "mnist_cnn", "--data", "digits", "--image-size", "8",
                  "--estimator", "probe:4:gaussian", "--batch-size", "256", "--epochs", "1",
+                 "--max-steps", "2",
                  "--lr", "0.05", "--optimizer", "sgd", "--seed", "2", "--threads", "1",
                  "--json", str(out), "--no-progress"])
     assert code == 0
