@@ -375,6 +375,8 @@ def train(
         opt.load_state_dict(state["optimizer"])
         order_gen.set_state(state["order_generator"])
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and dist.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], dist.device)
         for key in ("train_loss", "test_accuracy_per_epoch", "epoch_seconds", "steps",
                     "test_accuracy"):
             setattr(result, key, state["result"][key])
@@ -390,6 +392,8 @@ def train(
             "format": CHECKPOINT_FORMAT, "config": asdict(config), "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "order_generator": epoch_start_state, "rng": torch.get_rng_state(),
+            "cuda_rng": (torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda"
+                         else None),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "loss_sum": loss_sum, "seen": seen,
             "elapsed": elapsed, "result": result.to_json(),
         })
