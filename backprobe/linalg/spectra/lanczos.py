@@ -148,7 +148,7 @@ def _lanczos_top(
     basis = torch.zeros(n, min(budget, 64), dtype=op.dtype, device=op.device)
     alphas: list[float] = []
     betas: list[float] = []
-    check = min(max(2 * k + 10, 20), budget)
+    check = min(2 * k + 6, budget)  # Ritz values are cheap: check early and often
     tiny = math.sqrt(torch.finfo(op.dtype).eps)
     for j in range(budget):
         if j == basis.shape[1]:  # grow the basis' storage geometrically
@@ -175,7 +175,7 @@ def _lanczos_top(
             if ok or breakdown or steps == budget:
                 vecs = basis[:, :steps] @ y[:, idx].to(op.dtype)
                 return Eigenpairs(theta[idx].to(op.dtype), vecs, res.to(op.dtype), steps, ok)
-            check = steps + max(5, steps // 4)
+            check = steps + max(2, steps // 8)
         v = w / b
     raise AssertionError("unreachable")
 
