@@ -18,14 +18,16 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from backprobe.estimators._base import RandomEstimator
+from backprobe.estimators import _shaping
+from backprobe.estimators._base import Estimator, RandomEstimator
 from backprobe.layers import AffineOp, module_types
 from backprobe.linalg._probes import draw_probes, orthonormalise
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")  # of linalg's, those Probe offers
 MODES = ("channel", "joint", "auto")
+SHAPINGS = (None, "dct")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -78,9 +80,24 @@ class Probe(RandomEstimator):
         per_sample: independent probes for each example (sign-flipped, see above).
         orthogonal: orthonormalised probe blocks.
         seed: seed of the private generator (default: drawn from the global RNG).
+        shaping: ``None`` (plain probes) or ``"dct"``: spectrally shaped probes. Each layer
+            keeps a running power spectrum ``lambda`` of its input in a fixed orthogonal
+            basis ``Phi`` (separable DCT-II over positions; the standard basis for Linear
+            features), buffers ``probe_spectrum``/``probe_spectrum_updates`` in its
+            ``state_dict``. Forward keeps ``Z^T D Phi^T x`` with
+            ``D = diag(lambda^(-1/4))`` (``r`` numbers per row, as before); backward uses
+            ``x_hat = Phi D^{-1} (1/r) Z Z^T D Phi^T x``, unbiased for any spectrum fixed
+            independently of the probes since ``E[Z Z^T] = r I``. Plain probes until the
+            layer's first update. Details: :mod:`backprobe.estimators._shaping`.
+        deflate: with shaping, keep the ``deflate`` coefficients of highest running energy
+            of each row exactly and probe the rest with ``num_probes - deflate`` probes
+            (numbers kept per row stay ``num_probes``).
+        momentum: with shaping, the running spectrum's update weight (as BatchNorm's).
 
     Raises:
-        ValueError: on ``num_probes < 1`` or an unknown distribution or mode.
+        ValueError: on ``num_probes < 1``, an unknown distribution, mode or shaping,
+            ``deflate`` outside ``[0, num_probes)`` or without shaping, or ``momentum``
+            outside ``(0, 1]``.
 
     Example:
         >>> import torch, backprobe
@@ -94,6 +111,7 @@ class Probe(RandomEstimator):
     def __init__(
         self, num_probes: int, *, distribution: str = "rademacher", mode: str = "channel",
         per_sample: bool = True, orthogonal: bool = False, seed: int | None = None,
+        shaping: str | None = None, deflate: int = 0, momentum: float = 0.1,
     ) -> None:
         if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
             raise ValueError(f"Probe: num_probes must be an integer >= 1, got {num_probes!r}")
@@ -103,6 +121,19 @@ class Probe(RandomEstimator):
             )
         if mode not in MODES:
             raise ValueError(f"Probe: unknown mode {mode!r}; choose one of {MODES}")
+        if shaping not in SHAPINGS:
+            raise ValueError(f"Probe: unknown shaping {shaping!r}; choose one of {SHAPINGS}")
+        if isinstance(deflate, bool) or not isinstance(deflate, int) or not (
+            0 <= deflate < num_probes
+        ):
+            raise ValueError(
+                f"Probe: deflate must be an integer in [0, num_probes), got {deflate!r}"
+            )
+        if deflate and shaping is None:
+            raise ValueError("Probe: deflate needs shaping='dct' (it ranks the running spectrum)")
+        if not 0.0 < float(momentum) <= 1.0:
+            raise ValueError(f"Probe: momentum must be in (0, 1], got {momentum!r}")
+        self.shaping, self.deflate, self.momentum = shaping, deflate, float(momentum)
         self.num_probes = num_probes
         self.distribution = distribution
         self.mode = mode
@@ -184,8 +215,32 @@ class Probe(RandomEstimator):
         gw = op.weight_grad(z.reshape(r, *row_shape[1:]), g_tilde.reshape(r, *g.shape[1:]))
         return gw.div_(r)
 
+    # -- shaping: per-layer spectrum buffers (backprobe.estimators._shaping) ---------------
+    def for_module(self, module: nn.Module) -> Estimator:
+        """``self``, or with ``shaping`` an estimator bound to ``module``'s spectrum."""
+        if self.shaping is None:
+            return self
+        _shaping.register(module)
+        return _shaping.ShapedProbe(self, module)
+
+    def attach(self, module: nn.Module) -> nn.Module:
+        """With ``shaping``: give ``module`` (or each of its layers using ``self``) buffers."""
+        if self.shaping is not None:
+            for m in module.modules():
+                if getattr(m, "estimator", None) is self and hasattr(m, "weight"):
+                    _shaping.register(m)
+        return module
+
+    def detach(self, module: nn.Module) -> nn.Module:
+        """Remove the spectrum buffers of ``module`` (it no longer uses this estimator)."""
+        _shaping.unregister(module)
+        return module
+
     def __repr__(self) -> str:
+        shaped = "" if self.shaping is None else (
+            f", shaping={self.shaping!r}, deflate={self.deflate}, momentum={self.momentum}"
+        )
         return (
             f"Probe({self.num_probes}, distribution={self.distribution!r}, mode={self.mode!r}, "
-            f"per_sample={self.per_sample}, orthogonal={self.orthogonal})"
+            f"per_sample={self.per_sample}, orthogonal={self.orthogonal}{shaped})"
         )
