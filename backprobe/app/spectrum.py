@@ -75,11 +75,14 @@ class SpectrumResult:
 
 
 def _load(model_name: str, data: str, checkpoint: str | None, data_dir: str | None,
-          image_size: int | None, examples: int | None) -> tuple[nn.Module, Any, Any]:
+          image_size: int | None, examples: int | None, seed: int
+          ) -> tuple[nn.Module, Any, Any]:
     from backprobe.app.training import build_model, load_data
 
     split = load_data(data, data_dir=data_dir, image_size=image_size)
-    model = build_model(model_name, split)
+    with torch.random.fork_rng():  # the initial weights depend on seed only
+        torch.manual_seed(seed)
+        model = build_model(model_name, split)
     if checkpoint is not None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -147,7 +150,7 @@ def spectrum(
         max_trace_matvecs: budget of the trace estimate.
         slq_probes: probes of the density (0: skip it).
         slq_steps: Lanczos steps per density probe.
-        seed: seed of every random draw.
+        seed: seed of every random draw (and of the initial weights without checkpoint).
         out: folder of ``spectrum.json`` and ``density.png`` (``None``: write nothing).
         data_dir: directory of the data files.
         image_size: resize images (default: the app's, 28 for digits).
@@ -162,7 +165,7 @@ def spectrum(
     if curvature not in CURVATURES:
         raise ValueError(f"curvature must be one of {list(CURVATURES)}, got {curvature!r}")
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    model, x, y = _load(model_name, data, checkpoint, data_dir, image_size, examples)
+    model, x, y = _load(model_name, data, checkpoint, data_dir, image_size, examples, seed)
     batches = list(zip(x.split(batch_size), y.split(batch_size)))
     op = CURVATURES[curvature](model, nn.CrossEntropyLoss(), batches)
 
