@@ -17,6 +17,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _ntuple
 
 _MAGIC_PACK = 0x0102040810204080  # gathers the low bit of 8 bytes into the top byte
+_CHUNK = 1 << 20  # elements per chunk of the ReLU backward (a multiple of 8)
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -64,11 +65,21 @@ class PackedReLUFn(torch.autograd.Function):
     def backward(ctx, g):  # noqa: D102
         (packed,) = ctx.saved_tensors
         # torch's own (leaky) ReLU backward kernels accept the 0/1 bytes as the "input":
-        # the same semantics as plain autograd, and ~6x faster than torch.where on CPU
-        active = _unpack_bytes(packed, ctx.shape)
-        if ctx.negative_slope == 0:
-            return torch.ops.aten.threshold_backward(g, active, 0), None, None
-        return torch.ops.aten.leaky_relu_backward(g, active, ctx.negative_slope, False), None, None
+        # the same semantics as plain autograd, and ~6x faster than torch.where on CPU. They
+        # cast those bytes to a float copy first, so go in chunks of _CHUNK elements, writing
+        # into the result: the only activation-sized temporary is the result itself.
+        out = torch.empty(ctx.shape, dtype=g.dtype, device=g.device)
+        gf, of, n = g.reshape(-1), out.view(-1), out.numel()
+        for s in range(0, n, _CHUNK):
+            e = min(n, s + _CHUNK)
+            active = _unpack_bytes(packed[s // 8:(e + 7) // 8], (e - s,))
+            if ctx.negative_slope == 0:
+                torch.ops.aten.threshold_backward.grad_input(gf[s:e], active, 0,
+                                                             grad_input=of[s:e])
+            else:
+                torch.ops.aten.leaky_relu_backward.grad_input(
+                    gf[s:e], active, ctx.negative_slope, False, grad_input=of[s:e])
+        return out, None, None
 
 
 def _offset_dtype(kernel_numel: int) -> torch.dtype:
