@@ -109,6 +109,12 @@ def _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode) -> bool:
             and (divisible or not ceil_mode))
 
 
+def _batch_chunk(t: Tensor) -> int:
+    """Examples per chunk so that a chunk of ``t`` has about ``4 * _CHUNK`` elements."""
+    per = max(1, t[0].numel()) if t.shape[0] else 1
+    return max(1, (4 * _CHUNK) // per)
+
+
 def _kernel_positions(kernel: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Window offsets in row-major order (the order torch scans a window in)."""
     positions: list[tuple[int, ...]] = [()]
@@ -168,15 +174,30 @@ class CompactMaxPoolFn(torch.autograd.Function):
             ctx.save_for_backward(off)
             return out
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
-        out, idx = pool(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
-        offset = torch.zeros_like(idx)
-        rest = idx
-        for d, start in enumerate(_window_starts(out.shape[-dim:], stride, padding, x.device)):
-            below = math.prod(in_sizes[d + 1:])
-            coord = rest // below
-            rest = rest - coord * below
-            offset = offset * kernel[d] + (coord - start) // dilation[d]
-        ctx.save_for_backward(offset.to(offset_dtype))
+        # in chunks of examples: the int64 indices and their arithmetic are several times
+        # the output's size, so only a chunk of them exists at a time
+        out = offsets = None
+        step = _batch_chunk(x)
+        for i in range(0, x.shape[0], step):
+            o, idx = pool(x[i:i + step], kernel, stride, padding, dilation, ceil_mode,
+                          return_indices=True)
+            if out is None:
+                out = x.new_empty((x.shape[0], *o.shape[1:]))
+                offsets = torch.empty(out.shape, dtype=offset_dtype, device=x.device)
+            offset = torch.zeros_like(idx)
+            rest = idx
+            for d, start in enumerate(_window_starts(o.shape[-dim:], stride, padding,
+                                                     x.device)):
+                below = math.prod(in_sizes[d + 1:])
+                coord = rest // below
+                rest = rest - coord * below
+                offset = offset * kernel[d] + (coord - start) // dilation[d]
+            out[i:i + step] = o
+            offsets[i:i + step] = offset  # type: ignore[index]
+        if out is None:  # empty batch
+            out = pool(x, kernel, stride, padding, dilation, ceil_mode)
+            offsets = torch.zeros(out.shape, dtype=offset_dtype, device=x.device)
+        ctx.save_for_backward(offsets)
         return out
 
     @staticmethod
@@ -185,12 +206,18 @@ class CompactMaxPoolFn(torch.autograd.Function):
         (offset,) = ctx.saved_tensors
         kernel, stride, padding, dilation, in_shape = ctx.geometry
         dim = len(kernel)
-        idx = _flat_indices(offset, kernel, stride, padding, dilation, in_shape[-dim:])
         lead = g.shape[:-dim]
         grad = g.new_zeros(*lead, math.prod(in_shape[-dim:]))
-        idx, g = idx.reshape(*lead, -1), g.reshape(*lead, -1)
-        # tiling windows never share an input element: a plain scatter suffices
-        grad = grad.scatter_(-1, idx, g) if ctx.tiled else grad.scatter_add_(-1, idx, g)
+        g = g.reshape(*lead, math.prod(g.shape[len(lead):]))
+        step = _batch_chunk(g)  # int64 indices for a chunk of examples at a time
+        for i in range(0, g.shape[0], step):
+            idx = _flat_indices(offset[i:i + step], kernel, stride, padding, dilation,
+                                in_shape[-dim:]).reshape(*grad[i:i + step].shape[:-1], -1)
+            # tiling windows never share an input element: a plain scatter suffices
+            if ctx.tiled:
+                grad[i:i + step].scatter_(-1, idx, g[i:i + step])
+            else:
+                grad[i:i + step].scatter_add_(-1, idx, g[i:i + step])
         return grad.reshape(in_shape), None, None, None, None, None
 
 
