@@ -2,7 +2,8 @@
 
 For each network and variant (exact; ``torch.utils.checkpoint.checkpoint_sequential`` with
 the best of 2/4/8 segments; compact activations only, ``convert(model, Exact())``; probed,
-``convert(model, Probe(16))``; and probed with the optimizer stepping inside backward),
+``convert(model, Probe(16))``; and, with ``--in-backward``, probed (plain and
+``shaping="dct"``) with the optimizer stepping inside backward),
 measures with :func:`backprobe.peak_memory` (CPU: every allocation and free of the step, in
 order; exact for tensor memory, independent of glibc) at two batch sizes:
 
@@ -83,7 +84,9 @@ def variant(name: str, base: nn.Module) -> tuple[nn.Module, bool]:
     if name == "compact":
         return backprobe.convert(model, backprobe.Exact()), False
     if name.startswith("probe16"):
-        return backprobe.convert(model, backprobe.Probe(16, seed=0)), name.endswith("+inbwd")
+        shaping = "dct" if name.startswith("probe16dct") else None
+        return (backprobe.convert(model, backprobe.Probe(16, seed=0, shaping=shaping)),
+                name.endswith("+inbwd"))
     raise ValueError(name)
 
 
@@ -165,8 +168,8 @@ def main() -> None:
     budget = int(args.budget_gib * GIB)
     for net in args.models.split(","):
         small_b, large_b = NETWORKS[net][3]
-        variants = ["exact", "compact", "probe16"] + (["probe16+inbwd"] if args.in_backward
-                                                      else [])
+        variants = ["exact", "compact", "probe16"] + (
+            ["probe16+inbwd", "probe16dct+inbwd"] if args.in_backward else [])
         # checkpoint: the segment count with the lowest peak at the small batch
         best: tuple[int, str] | None = None
         for seg in (2, 4, 8):
