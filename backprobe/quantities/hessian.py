@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from backprobe._random import private_generator
 from backprobe.layers import OPS
+from backprobe.linalg._operator import MatrixFree
+from backprobe.linalg.diagonals.hutchinson import hutchinson_diag
 from backprobe.quantities._base import Quantity
 from backprobe.quantities.curvature import DiagGGNExact
 
@@ -89,19 +91,26 @@ class HutchinsonDiagHessian(Quantity):
         self.generator = private_generator(seed)
 
     def compute(self, loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-        """The estimate for each of ``params`` (double backward through ``loss``'s graph)."""
+        """The estimate for each of ``params`` by :func:`backprobe.linalg.hutchinson_diag`.
+
+        The Hessian's products are double backwards through ``loss``'s graph.
+        """
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        acc = [torch.zeros_like(p) for p in params]
-        for _ in range(self.samples):
-            zs = [
-                torch.randint(0, 2, p.shape, generator=self.generator).to(p).mul_(2).sub_(1)
-                for p in params
-            ]
-            hz = torch.autograd.grad(grads, params, zs, retain_graph=True, allow_unused=True)
-            for a, z, h in zip(acc, zs, hz):
-                if h is not None:
-                    a.add_(z * h)
-        return [a / self.samples for a in acc]
+        sizes = [p.numel() for p in params]
+
+        def hvp(v: Tensor) -> Tensor:  # [P, k] -> [P, k], one double backward per column
+            cols = []
+            for z in v.unbind(1):
+                zs = [c.view_as(p) for c, p in zip(z.split(sizes), params)]
+                hz = torch.autograd.grad(grads, params, zs, retain_graph=True,
+                                         allow_unused=True)
+                cols.append(torch.cat([(torch.zeros_like(p) if h is None else h).reshape(-1)
+                                       for h, p in zip(hz, params)]))
+            return torch.stack(cols, 1)
+
+        op = MatrixFree(hvp, sum(sizes), dtype=params[0].dtype, device=params[0].device)
+        est = hutchinson_diag(op, self.samples, generator=self.generator)
+        return [c.view_as(p) for c, p in zip(est.value.split(sizes), params)]
 
     def __repr__(self) -> str:
         return f"HutchinsonDiagHessian(samples={self.samples})"
