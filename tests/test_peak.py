@@ -71,3 +71,15 @@ def test_bad_arguments(kwargs: dict, err: type) -> None:
     args.update(kwargs)
     with pytest.raises(err):
         peak_memory(args.pop("model"), args.pop("x"), args.pop("y"), args.pop("loss_fn"), **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peak_matches_the_same_bound() -> None:
+    net = _mlp().cuda()
+    x, y = torch.randn(256, 1000, device="cuda"), torch.randint(0, 10, (256,), device="cuda")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    res = peak_memory(net, x, y, nn.CrossEntropyLoss(), optimizer=opt)
+    bound = _grad_bytes(net) + 256 * 1000 * 4
+    # the caching allocator rounds blocks up to 512 bytes and cuBLAS may keep a workspace
+    assert bound <= res.peak <= bound + 8 * 2**20
+    assert res.baseline > 0 and res.device.startswith("cuda")
