@@ -1,16 +1,17 @@
 """Speed of backprobe.wave's forward + adjoint against Deepwave, and of probing vs Exact.
 
 The issue's configuration: a 200 x 200 grid, dx = 10 m, nt = 2000, dt = 1 ms, a 10 Hz
-Ricker wavelet, 200 surface receivers, a 20-cell absorbing layer (the same width for
-Deepwave, whose layer is a CPML; ours is the default damping layer, and with ``--cpml``
-also our CPML), space order 8 and 4, one shot and a batch of 8. Each
+Ricker wavelet, 200 surface receivers, a 20-cell absorbing layer of the same kind and
+width as Deepwave's (a CPML: ``--boundary cpml``, the default here; ``--boundary damping``
+times our damping layer instead), space order 8 and 4, one shot and a batch of 8. Each
 candidate runs forward + backward of ``sum(data)`` with respect to velocity; candidates are
 timed round-robin in the same run (``_harness.time_interleaved``) and compared with
-``Exact()`` round by round (median of per-round ratios).
+``Exact()`` (same boundary) round by round (median of per-round ratios). ``--damping``
+adds ``Exact()`` with the damping layer (``exact_damping``) for comparison.
 
 Usage:
-    python benchmarks/bench_wave_speed.py [--threads 1] [--repeats 3] [--nt 2000] \
-        [--out benchmarks/results]
+    python benchmarks/bench_wave_speed.py [--threads 1] [--clock cpu] [--repeats 3] \
+        [--nt 2000] [--boundary cpml] [--damping] [--out benchmarks/results]
 
 Writes ``<out>/wave_speed.json`` and prints a markdown table.
 """
@@ -45,8 +46,12 @@ def main() -> None:
         p.add_argument("--nt", type=int, default=2000)
         p.add_argument("--orders", default="8,4")
         p.add_argument("--shots", default="1,8")
-        p.add_argument("--cpml", action="store_true",
-                       help="also time Exact() with boundary='cpml' (exact_cpml)")
+        p.add_argument("--boundary", choices=["cpml", "damping"], default="cpml",
+                       help="our absorbing boundary for exact and the probes (default cpml, "
+                       "the kind Deepwave uses)")
+        p.add_argument("--damping", action="store_true",
+                       help="also time Exact() with boundary='damping' (exact_damping)")
+        p.add_argument("--warmup", type=int, default=1)
 
     args = arguments(__doc__, add=add)
     import deepwave
@@ -61,7 +66,7 @@ def main() -> None:
             src = torch.stack([torch.full((shots,), 1.0),
                                torch.linspace(10, 189, shots).round()], -1)
 
-            def ours(imaging, order=order, src=src, boundary="damping"):
+            def ours(imaging, order=order, src=src, boundary=args.boundary):
                 v = v0.clone().requires_grad_()
                 model(v, dx, dt, wavelet, src, rec, imaging=imaging, space_order=order,
                       pml_width=20, boundary=boundary).sum().backward()
@@ -84,9 +89,10 @@ def main() -> None:
                 "probe32_stride8": lambda: ours(TimeProbe(32, stride=8, seed=0)),
                 "probe32": lambda: ours(TimeProbe(32, seed=0)),
             }
-            if args.cpml:
-                fns["exact_cpml"] = lambda: ours(Exact(), boundary="cpml")
-            res = time_interleaved(fns, repeats=args.repeats, warmup=1, clock=args.clock)
+            if args.damping:
+                fns["exact_damping"] = lambda: ours(Exact(), boundary="damping")
+            res = time_interleaved(fns, repeats=args.repeats, warmup=args.warmup,
+                                   clock=args.clock)
             for name, r in res.items():
                 rows.append({
                     "order": order, "shots": shots, "method": name,
@@ -100,7 +106,9 @@ def main() -> None:
     }
     write_json(args.out / f"wave_speed{args.suffix}.json", **{
         "config": {"grid": [200, 200], "dx": dx, "nt": nt, "dt": dt, "ricker_hz": 10.0,
-                   "receivers": 200, "pml_width": 20, "deepwave": deepwave.__version__,
+                   "receivers": 200, "pml_width": 20, "boundary": args.boundary,
+                   "deepwave": deepwave.__version__, "clock": args.clock,
+                   "load_average_1_5_15_at_end": list(os.getloadavg()),
                    "threads": torch.get_num_threads(),
                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "note": "time_vs_exact = median over rounds of t_method / t_exact; for deepwave, "
