@@ -110,9 +110,9 @@ def _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode) -> bool:
 
 
 def _batch_chunk(t: Tensor) -> int:
-    """Examples per chunk so that a chunk of ``t`` has about ``4 * _CHUNK`` elements."""
+    """Examples per chunk so that a chunk of ``t`` has about ``_CHUNK`` elements."""
     per = max(1, t[0].numel()) if t.shape[0] else 1
-    return max(1, (4 * _CHUNK) // per)
+    return max(1, _CHUNK // per)
 
 
 def _kernel_positions(kernel: tuple[int, ...]) -> list[tuple[int, ...]]:
