@@ -83,12 +83,20 @@ def convert(
             estimator keeps fewer numbers than the exact path (it falls back to exact where
             it would not, e.g. probing a 4x4 feature map with 16 probes).
 
+    Converting a converted model again is defined: the layers it selects get the new
+    estimator (the old one is detached from them first, e.g. AOP's memory buffers are
+    removed), layers it does not select keep theirs, ``skip_first`` turns a converted
+    first layer back into its torch module, and the report is replaced.
+
     Returns:
         The same ``model``; ``backprobe.report(model)`` returns a :class:`ConversionReport`.
 
     Raises:
         TypeError: if ``estimator`` is not an estimator.
-        ValueError: if ``layers`` names a module type no layer description supports.
+        ValueError: if ``layers`` names a module type no layer description supports, or if
+            no layer would be converted (e.g. ``Probe`` on an MLP: its default layers are
+            the convolutions, and the message says to pass ``layers=(nn.Linear,)``); the
+            model is then left unchanged.
 
     Example:
         >>> model = backprobe.convert(model, backprobe.Probe(16), example_input=x)
@@ -96,6 +104,7 @@ def convert(
     """
     if not isinstance(estimator, Estimator):
         raise TypeError(f"convert: estimator must be an Estimator, got {type(estimator).__name__}")
+    layers_arg = layers
     layers = tuple(estimator.natural_layers if layers is None else layers)
     for t in layers:
         if t not in AFFINE_SWAPS:
@@ -104,7 +113,10 @@ def convert(
                 f"convert: {getattr(t, '__name__', t)} is not supported (supported: {names})"
             )
     report = ConversionReport(repr(estimator))
+    plan: list[tuple[nn.Module, type[nn.Module], str]] = []  # (module, new class, action)
     first_seen = False
+    missed: set[str] = set()
+
     def add(name: str, kind: type, action: str, reason: str = "") -> None:
         report.entries.append(LayerEntry(name, kind.__name__, action, reason))
 
@@ -114,21 +126,48 @@ def convert(
             if not first_seen and skip_first:
                 first_seen = True
                 add(name, torch_type, "skipped", "skip_first")
+                if torch_type is not type(module):  # converted before: back to plain
+                    plan.append((module, torch_type, "revert"))
                 continue
             first_seen = True
-            module.__class__ = AFFINE_SWAPS[torch_type]
-            module.estimator = estimator  # type: ignore[assignment]
-            module.last_path = None  # type: ignore[assignment]
-            estimator.attach(module)
+            plan.append((module, AFFINE_SWAPS[torch_type], "converted"))
             add(name, torch_type, "converted")
         elif compact_activations and torch_type in COMPACT_SWAPS:
             if getattr(module, "return_indices", False):
                 add(name, torch_type, "skipped", "return_indices=True")
                 continue
-            module.__class__ = COMPACT_SWAPS[torch_type]
+            plan.append((module, COMPACT_SWAPS[torch_type], "compact"))
             add(name, torch_type, "compact")
         elif isinstance(module, layers) or isinstance(module, tuple(COMPACT_SWAPS)):
             add(name, type(module), "skipped", "subclass of a torch type")
+        elif torch_type in AFFINE_SWAPS:
+            missed.add(torch_type.__name__)
+    if not any(action == "converted" for _, _, action in plan) and not (
+        skip_first and first_seen
+    ):
+        wanted = ", ".join(t.__name__ for t in layers)
+        hint = (
+            f" The model's {', '.join(sorted(missed))} layers are not among them: pass "
+            f"layers=({', '.join(f'nn.{m}' for m in sorted(missed))},) to convert them."
+            if missed else " The model has no layer of a supported type."
+        )
+        raise ValueError(
+            f"convert: no layer of the model was converted: {estimator!r} converts "
+            f"({wanted}) {'by default' if layers_arg is None else 'as asked'}.{hint}"
+        )
+    for module, new_type, action in plan:
+        if action == "compact":
+            module.__class__ = new_type
+            continue
+        if isinstance(module, EstimatedLayer):  # converted before: the old estimator leaves
+            module.estimator.detach(module)
+        if action == "revert":
+            _revert_module(module)
+            continue
+        module.__class__ = new_type
+        module.estimator = estimator  # type: ignore[assignment]
+        module.last_path = None  # type: ignore[assignment]
+        estimator.attach(module)
     model._backprobe_report = report  # type: ignore[assignment]
     if example_input is not None:
         _decide(model, example_input, report)
@@ -177,9 +216,19 @@ def report(model: nn.Module) -> ConversionReport:
 
 
 def set_estimator(model: nn.Module, estimator: Estimator) -> nn.Module:
-    """Give every converted layer of ``model`` a new estimator (e.g. to anneal ``r``)."""
+    """Give every converted layer of ``model`` a new estimator (e.g. to anneal ``r``).
+
+    Raises:
+        TypeError: if ``estimator`` is not an estimator.
+        ValueError: if ``model`` has no converted layer (call :func:`convert` first).
+    """
     if not isinstance(estimator, Estimator):
         raise TypeError(f"set_estimator: expected an Estimator, got {type(estimator).__name__}")
+    if not any(isinstance(m, EstimatedLayer) for m in model.modules()):
+        raise ValueError(
+            "set_estimator: the model has no converted layer; call backprobe.convert(model, "
+            "estimator) first"
+        )
     for m in model.modules():
         if isinstance(m, EstimatedLayer) and m.estimator is not estimator:
             m.estimator.detach(m)
@@ -188,15 +237,28 @@ def set_estimator(model: nn.Module, estimator: Estimator) -> nn.Module:
     return model
 
 
+def _revert_module(m: nn.Module) -> None:
+    """``m`` back to its torch class (its estimator already detached)."""
+    m.__class__ = _UNDO[type(m)]
+    for attr in ("estimator", "last_path"):
+        m.__dict__.pop(attr, None)
+
+
 def revert(model: nn.Module) -> nn.Module:
-    """Turn every backprobe module of ``model`` back into its plain torch module, in place."""
-    for m in model.modules():
-        old = _UNDO.get(type(m))
-        if old is not None:
-            if isinstance(m, EstimatedLayer):
-                m.estimator.detach(m)
-            m.__class__ = old
-            for attr in ("estimator", "last_path"):
-                m.__dict__.pop(attr, None)
+    """Turn every backprobe module of ``model`` back into its plain torch module, in place.
+
+    Raises:
+        ValueError: if ``model`` holds no backprobe module (it was never converted).
+    """
+    found = [m for m in model.modules() if type(m) in _UNDO]
+    if not found:
+        raise ValueError(
+            "revert: the model holds no backprobe module (was it converted with "
+            "backprobe.convert?)"
+        )
+    for m in found:
+        if isinstance(m, EstimatedLayer):
+            m.estimator.detach(m)
+        _revert_module(m)
     model.__dict__.pop("_backprobe_report", None)
     return model

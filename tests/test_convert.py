@@ -143,3 +143,36 @@ def test_checkpoint_of_state_dict_and_optimizer_resumes_bit_for_bit():
     for (k1, v1), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items(),
                                   strict=True):
         assert k1 == k2 and torch.equal(v1, v2), k1
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def test_converting_nothing_raises_and_names_layers():
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"layers=\(nn\.Linear,\)"):
+        backprobe.convert(model, Probe(16))
+    assert type(model[0]) is nn.Linear and type(model[1]) is nn.ReLU  # left unchanged
+    with pytest.raises(ValueError, match="no layer of a supported type"):
+        backprobe.convert(nn.Sequential(nn.ReLU(), nn.Tanh()), Exact())
+
+
+def test_convert_twice_replaces_the_estimator():
+    model = backprobe.convert(_mlp(), backprobe.AOP(2, memory=True), layers=(nn.Linear,))
+    assert hasattr(model[0], backprobe.estimators.aop.BUFFER_X)
+    second = Probe(2)
+    backprobe.convert(model, second, layers=(nn.Linear,))
+    assert all(m.estimator is second for m in (model[0], model[2]))
+    assert not hasattr(model[0], backprobe.estimators.aop.BUFFER_X)  # old estimator detached
+    third = Probe(3)
+    backprobe.convert(model, third, layers=(nn.Linear,), skip_first=True)
+    assert type(model[0]) is nn.Linear and model[2].estimator is third
+    assert backprobe.report(model).entries[0].reason == "skip_first"
+
+
+def test_revert_and_set_estimator_need_a_converted_model():
+    with pytest.raises(ValueError, match="never converted|no backprobe module"):
+        backprobe.revert(_mlp())
+    with pytest.raises(ValueError, match="convert"):
+        backprobe.set_estimator(_mlp(), Probe(2))
