@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from backprobe._random import SEED_HIGH, private_generator
 from backprobe.layers import AffineOp, module_types
@@ -127,24 +126,35 @@ def choose(
 
 
 class EstimatedAffineFn(torch.autograd.Function):
-    """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient."""
+    """``y = op(x, W, b)`` whose backward asks an estimator for the weight gradient.
+
+    Written in the ``forward``/``setup_context`` form with a generated vmap rule, so
+    ``torch.func`` transforms apply. Backward is differentiable where it is exact (input and
+    bias gradients, and the weight gradient of :class:`Exact`): double backward (e.g. an
+    input-gradient penalty) works. A weight gradient formed from a sketch is not a function
+    of the input autograd can differentiate; differentiating it raises a ``RuntimeError``.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(  # noqa: D102
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, op: AffineOp,
-        estimator: Estimator,
+        x: Tensor, weight: Tensor, bias: Tensor | None, op: AffineOp, estimator: Estimator,
     ) -> Tensor:
-        out = op.forward(x, weight, bias)
+        return op.forward(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:  # noqa: D102
+        x, weight, _, op, estimator = inputs
         ctx.op, ctx.estimator, ctx.input_shape = op, estimator, tuple(x.shape)
         saved: tuple[Tensor, ...] = ()
         ctx.meta = None
         if ctx.needs_input_grad[1]:
-            saved, ctx.meta = estimator.pack(op, x)
+            with torch.no_grad():
+                saved, ctx.meta = estimator.pack(op, x)
         ctx.save_for_backward(weight, *saved)
-        return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
         weight, *saved = ctx.saved_tensors
         mask = tuple(ctx.needs_input_grad[:3])
@@ -153,7 +163,37 @@ class EstimatedAffineFn(torch.autograd.Function):
         )
         if gw is not None:
             gw = gw.to(weight.dtype)
+            if torch.is_grad_enabled() and not _is_exact(ctx.estimator):
+                gw = _FirstOrderOnly.apply(gw, repr(ctx.estimator))
         return gi, gw, gb, None, None
+
+
+def _is_exact(estimator: Estimator) -> bool:
+    from backprobe.estimators.exact import Exact
+
+    return isinstance(estimator, Exact)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on an estimated weight gradient whose own backward raises (double backward)."""
+
+    @staticmethod
+    def forward(gw: Tensor, name: str) -> Tensor:  # noqa: D102
+        return gw.view_as(gw)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:  # noqa: D102
+        ctx.name = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[None, None]:  # noqa: D102
+        raise RuntimeError(
+            f"backprobe: cannot differentiate the weight gradient formed by {ctx.name}: it is "
+            "an estimate from a sketch of the layer input kept in forward, not a function of "
+            "the input autograd could differentiate again. Double backward through input and "
+            "bias gradients works; for second derivatives in the weights use "
+            "backprobe.set_estimator(model, backprobe.Exact())."
+        )
 
 
 def estimated_affine(

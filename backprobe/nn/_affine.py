@@ -21,8 +21,26 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.estimators._base import Estimator, choose, estimated_affine
-from backprobe.estimators.exact import EXACT
+from backprobe.estimators.exact import EXACT, Exact
 from backprobe.layers import bind, module_types
+
+
+def plain_autograd() -> bool:
+    """Whether a ``torch.func`` transform is active (plain torch ops differentiate there)."""
+    return bool(torch._C._are_functorch_transforms_active())
+
+
+def plain_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy of a backprobe module as its torch class (same parameters)."""
+    torch_type: type[nn.Module] = next(
+        t for t in type(module).__mro__[1:]
+        if t.__module__.startswith("torch.nn") and t is not nn.Module
+    )
+    out: nn.Module = object.__new__(torch_type)
+    out.__dict__.update(module.__dict__)
+    for attr in ("estimator", "last_path"):
+        out.__dict__.pop(attr, None)
+    return out
 
 
 def _check_estimator(estimator: Any) -> Estimator:
@@ -71,7 +89,18 @@ class EstimatedLayer(nn.Module):
         x, op = bind(self, x)
         weight: Tensor = self.weight  # type: ignore[assignment]
         bias: Tensor | None = self.bias  # type: ignore[assignment]
-        if not (torch.is_grad_enabled() and weight.requires_grad):
+        if not (torch.is_grad_enabled() and weight.requires_grad) or x.is_meta:
+            return op.forward(x, weight, bias)
+        exact = isinstance(self.estimator, Exact)
+        if torch.jit.is_tracing():
+            if not exact:
+                raise TypeError(
+                    f"{type(self).__name__}: torch.jit.trace records no custom backward, so "
+                    f"a traced graph cannot keep {self.estimator!r}'s weight gradient. Trace "
+                    "under torch.no_grad() (inference), or backprobe.revert(model) first."
+                )
+            return op.forward(x, weight, bias)
+        if exact and plain_autograd():  # torch.func: the same exact gradients, plain ops
             return op.forward(x, weight, bias)
         est, fell_back = choose(self.estimator, op, x, self)
         self.last_path = "exact" if fell_back else "estimator"
@@ -100,6 +129,20 @@ class EstimatedLayer(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """For ``torch.jit.script``: the plain torch layer under :class:`Exact`, else raise.
+
+        Raises:
+            TypeError: for a non-exact estimator (TorchScript cannot call it).
+        """
+        if not isinstance(self.estimator, Exact):
+            raise TypeError(
+                f"{type(self).__name__}: torch.jit.script cannot compile {self.estimator!r} "
+                "(Python estimators and autograd Functions). Use torch.compile, or "
+                "backprobe.revert(model) for an exact scripted model."
+            )
+        return plain_copy(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, estimator={self.estimator!r}"
