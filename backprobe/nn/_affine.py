@@ -65,6 +65,12 @@ class EstimatedLayer(nn.Module):
         *args, **kwargs: the torch module's own arguments.
         estimator: forms the weight gradient (default ``Exact``).
 
+    Composability: ``torch.func`` transforms, ``torch.jit.trace``/``script`` and the meta
+    device see plain torch ops on the exact path; ``torch.compile`` traces the exact and
+    compact paths without graph breaks, while a randomized estimator (``Probe``, ``AOP``)
+    breaks the graph once per call (its private ``torch.Generator``); ``torch.func.vmap``
+    of a probed layer needs ``randomness="different"`` or ``"same"``.
+
     Attributes:
         estimator: forms the weight gradient.
         last_path: ``"estimator"`` or ``"exact"``: what the last training forward used

@@ -115,3 +115,23 @@ def test_meta_device(estimator):
     model = model.to("meta")
     out = model(torch.empty(3, 2, 8, 8, dtype=F64, device="meta"))
     assert out.shape == (3, 3) and out.is_meta
+
+
+def test_torch_compile_exact_and_compact_paths_have_no_graph_breaks():
+    torch._dynamo.reset()
+    _, model = _converted(Exact())
+    explained = torch._dynamo.explain(lambda x: model(x).square().sum())(_x())
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+
+
+def test_torch_compile_probed_path_matches_eager():
+    """Probe's private generator breaks the graph once per probed call (documented)."""
+    torch._dynamo.reset()
+    grads = []
+    for compiled in (False, True):
+        _, model = _converted(Probe(2, seed=0))
+        fn = torch.compile(model, backend="eager") if compiled else model
+        fn(_x()).square().sum().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
