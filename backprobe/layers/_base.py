@@ -71,6 +71,14 @@ class AffineOp(LayerOp):
         """The input as the op sees it (e.g. padded for non-zero padding modes)."""
         return x
 
+    def with_output_size(self, module: nn.Module, x: Tensor, output_size: Any) -> AffineOp:
+        """The op for a call with ``output_size=`` (transposed convolutions only).
+
+        Raises:
+            TypeError: for ops whose module takes no ``output_size``.
+        """
+        raise TypeError(f"{type(module).__name__} takes no output_size argument")
+
     # -- geometry ------------------------------------------------------------------------
     @property
     def d_in(self) -> int:

@@ -13,7 +13,8 @@ correlation of the output gradient with the input, which aten's convolution back
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,15 @@ class ConvTransposeOp(AffineOp):
             tuple(module.stride), tuple(module.padding),  # type: ignore[arg-type]
             tuple(module.output_padding), tuple(module.dilation), module.groups,
         )
+
+    def with_output_size(self, module: nn.Module, x: Tensor, output_size: Any) -> AffineOp:
+        """The op with the ``output_padding`` torch derives from ``output_size``."""
+        assert isinstance(module, nn.modules.conv._ConvTransposeNd)
+        pad = module._output_padding(
+            x, list(output_size), list(self.stride), list(self.padding),
+            list(self.kernel_size), self.dim, list(self.dilation),
+        )
+        return replace(self, output_padding=tuple(int(p) for p in pad))
 
     @property
     def dim(self) -> int:

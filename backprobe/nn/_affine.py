@@ -87,12 +87,15 @@ class EstimatedLayer(nn.Module):
         self.last_path = None
         self.estimator.attach(self)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, output_size: Any = None) -> Tensor:
+        """The layer's forward (``output_size``: transposed convolutions, as in torch)."""
         if not x.is_floating_point():
             raise TypeError(
                 f"{type(self).__name__}: expected a floating-point input, got {x.dtype}"
             )
         x, op = bind(self, x)
+        if output_size is not None:
+            op = op.with_output_size(self, x, output_size)
         weight: Tensor = self.weight  # type: ignore[assignment]
         bias: Tensor | None = self.bias  # type: ignore[assignment]
         if not (torch.is_grad_enabled() and weight.requires_grad) or x.is_meta:

@@ -291,7 +291,7 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         self._sites = self._find_sites() if per_layer else []
         for site in self._sites:
             hook = functools.partial(self._on_forward, site)
-            self._handles.append(site.module.register_forward_hook(hook))
+            self._handles.append(site.module.register_forward_hook(hook, with_kwargs=True))
         if self.curvature:
             self._handles.append(self.model.register_forward_pre_hook(self._on_model_call))
         if self.curvature or self.hutchinson:
@@ -309,7 +309,9 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
     def _on_model_call(self, module: nn.Module, args: Any) -> None:
         self._state.calls = []
 
-    def _on_forward(self, site: _Site, module: nn.Module, args: Any, output: Any) -> None:
+    def _on_forward(
+        self, site: _Site, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any
+    ) -> None:
         st = self._state
         if st.busy or not torch.is_grad_enabled() or not isinstance(output, Tensor):
             return
@@ -318,7 +320,12 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         _check_estimator(site.name, module, self.quantities)
         try:
             ctx = site.binder(module, args[0])
-        except ValueError as e:
+            extra = {**dict(zip(("output_size",), args[1:])), **kwargs}
+            if extra.get("output_size") is not None and site.kind == "affine":
+                ctx = (ctx[0], ctx[1].with_output_size(module, args[0], extra["output_size"]))
+            elif set(extra) - {"output_size"} or len(args) > 2:
+                raise ValueError(f"arguments beyond the input are not supported: {sorted(extra)}")
+        except (TypeError, ValueError) as e:
             raise ValueError(f"module '{site.name}': {e}") from None
         # values only: contractions with a tensor that requires grad would record a graph
         # (and results stored on the parameters would keep it alive)

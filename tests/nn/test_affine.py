@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
 import torch
+from torch import nn
 
 import backprobe
 from backprobe.estimators import Exact, Probe, choose
@@ -42,3 +44,16 @@ def test_choose_falls_back_to_exact_where_probing_keeps_more():
     assert fell_back and isinstance(est, Exact)
     est, fell_back = choose(probe, *reversed(bind(layer, big)), module=layer)
     assert not fell_back and est is probe
+
+
+def test_conv_transpose_dropin_takes_output_size():
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose2d(2, 3, 3, stride=2).double()
+    dropin = backprobe.convert(copy.deepcopy(plain), Exact(), layers=(nn.ConvTranspose2d,))
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64)
+    outs = [m(x, output_size=(12, 12)) for m in (plain, dropin)]
+    assert outs[1].shape == outs[0].shape == (2, 3, 12, 12)
+    torch.testing.assert_close(outs[1], outs[0])
+    for out in outs:
+        out.square().sum().backward()
+    torch.testing.assert_close(dropin.weight.grad, plain.weight.grad)

@@ -193,3 +193,22 @@ def test_results_stay_after_the_context_until_cleared():
     assert clear(model) is model
     assert not any(hasattr(p, "grad_batch") or hasattr(p, "diag_ggn_exact")
                    for p in model.parameters())
+
+
+class _WithOutputSize(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x, output_size=(12, 12)).flatten(1)
+
+
+def test_conv_transpose_called_with_output_size():
+    torch.manual_seed(0)
+    net = _WithOutputSize(nn.ConvTranspose2d(2, 3, 3, stride=2))
+    x = torch.randn(4, 2, 5, 5)
+    with record(net, BatchGrad()):
+        net(x).square().sum().backward()
+    for p in net.parameters():
+        torch.testing.assert_close(p.grad_batch.sum(0), p.grad)
