@@ -321,10 +321,12 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         try:
             ctx = site.binder(module, args[0])
             extra = {**dict(zip(("output_size",), args[1:])), **kwargs}
-            if extra.get("output_size") is not None and site.kind == "affine":
-                ctx = (ctx[0], ctx[1].with_output_size(module, args[0], extra["output_size"]))
-            elif set(extra) - {"output_size"} or len(args) > 2:
+            if site.kind != "affine" and (len(args) > 1 or kwargs):
+                raise ValueError("arguments beyond the input are not supported")
+            if set(extra) - {"output_size"} or len(args) > 2:
                 raise ValueError(f"arguments beyond the input are not supported: {sorted(extra)}")
+            if extra.get("output_size") is not None:
+                ctx = (ctx[0], ctx[1].with_output_size(module, args[0], extra["output_size"]))
         except (TypeError, ValueError) as e:
             raise ValueError(f"module '{site.name}': {e}") from None
         # values only: contractions with a tensor that requires grad would record a graph
