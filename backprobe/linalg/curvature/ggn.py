@@ -7,6 +7,7 @@ Per batch: one ``torch.func.vjp`` (forward once, keeps ``J^T``), then, vectorise
 loss gradient in the output, small), and ``J^T`` of that. Symmetric PSD for convex losses.
 
 Example:
+    >>> import torch
     >>> model = torch.nn.Linear(3, 2).double()
     >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
     >>> ggn = GGNOperator(model, torch.nn.MSELoss(reduction="sum"), (x, y))

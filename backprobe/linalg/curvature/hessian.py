@@ -3,11 +3,12 @@
     H = nabla^2_theta L(theta),   L = c sum_n l(f_theta(x_n), y_n)
 
 A block of products ``H V`` per batch is one forward-over-reverse pass
-(``torch.func.jvp`` of ``torch.func.grad``) vectorised over the ``k`` columns with
+(``torch.func.jvp`` of ``torch.func.jacrev``) vectorised over the ``k`` columns with
 ``torch.func.vmap``: one batched double-backward instead of ``k``. Symmetric, generally
 indefinite.
 
 Example:
+    >>> import torch
     >>> model = torch.nn.Linear(3, 2).double()
     >>> x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
     >>> h = HessianOperator(model, torch.nn.MSELoss(), (x, y))

@@ -16,6 +16,7 @@ The damped inverse ``(G (x) A + delta I)^{-1}`` is exact through eigendecomposit
     (G (x) A + delta I)^{-1} vec(W) = vec(U_G [(U_G^T W U_A) / (g a^T + delta)] U_A^T)
 
 Example:
+    >>> import torch, backprobe
     >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     >>> loss_fn = torch.nn.CrossEntropyLoss()
     >>> x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
