@@ -177,6 +177,8 @@ def _is_exact(estimator: Estimator) -> bool:
 class _FirstOrderOnly(torch.autograd.Function):
     """Identity on an estimated weight gradient whose own backward raises (double backward)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(gw: Tensor, name: str) -> Tensor:  # noqa: D102
         return gw.view_as(gw)

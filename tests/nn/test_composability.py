@@ -135,3 +135,21 @@ def test_torch_compile_probed_path_matches_eager():
         grads.append([p.grad for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
+
+
+def test_torch_func_on_the_probed_path():
+    """grad works; vmap needs randomness="same" (one probe draw for the vmapped batch)."""
+    _, model = _converted(Probe(2, seed=0))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi):
+        return torch.func.functional_call(model, p, (xi.unsqueeze(0),)).sum()
+
+    x = _x()
+    one = torch.func.grad(loss)(params, x[0])
+    assert one["0.weight"].shape == model[0].weight.shape
+    batched = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")(
+        params, x)
+    assert batched["0.weight"].shape == (3, *model[0].weight.shape)
+    # bias gradients are exact (they flow through exact input gradients)
+    torch.testing.assert_close(batched["3.bias"][0], one["3.bias"])
