@@ -12,6 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +68,74 @@ def resolve_padding(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, ...], s
     return tuple(module.padding), "constant", []  # type: ignore[arg-type]
 
 
+class ConvFamilyOp(AffineOp):
+    """What ``ConvOp`` and ``ConvTransposeOp`` share: aten's convolution backward.
+
+    Subclasses are frozen dataclasses with these fields; ``transposed`` selects aten's
+    transposed convolution and ``input_grad`` gives the gradient with respect to the input.
+    """
+
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    transposed: ClassVar[bool] = False
+
+    @property
+    def dim(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def d_out(self) -> int:
+        return self.out_channels
+
+    def aten_output_padding(self) -> list[int]:
+        """The ``output_padding`` handed to aten's convolution backward."""
+        return [0] * self.dim
+
+    def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+        """The gradient with respect to an input of ``input_shape``; needs no input tensor."""
+        raise NotImplementedError
+
+    def _aten_backward(
+        self, g: Tensor, x: Tensor, weight: Tensor, groups: int, mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return torch.ops.aten.convolution_backward(
+            g, x, weight, [g.shape[1]] if mask[2] else None,
+            list(self.stride), list(self.padding), list(self.dilation),
+            self.transposed, self.aten_output_padding(), groups, list(mask),
+        )
+
+    def backward(
+        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
+        mask: tuple[bool, bool, bool],
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        need_in, need_w, need_b = mask
+        if x is None or not need_w:
+            gi = self.input_grad(g, weight, input_shape) if need_in else None
+            gb = g.sum([0, *range(2, g.dim())]) if need_b else None
+            return gi, None, gb
+        return self._aten_backward(g, x, weight.to(g.dtype), self.groups, mask)
+
+    def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
+        groups = self.groups if groups is None else groups
+        # the weight is [C_out, C_in / groups, *k], transposed [C_in, C_out / groups, *k]
+        rows, cols = (x.shape[1], g.shape[1]) if self.transposed else (g.shape[1], x.shape[1])
+        shape = (rows, cols // groups, *self.kernel_size)
+        out = self._aten_backward(g, x.to(g.dtype), dummy(g, shape), groups, (False, True, False))
+        assert out[1] is not None
+        return out[1]
+
+    def canonical_output_grad(self, g: Tensor) -> Tensor:
+        return g.flatten(2).transpose(1, 2)
+
+
 @register_op(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 @dataclass(frozen=True)
-class ConvOp(AffineOp):
+class ConvOp(ConvFamilyOp):
     """An N-d convolution with resolved symmetric integer padding (the rest is ``pre_pad``)."""
 
     in_channels: int
@@ -95,10 +161,6 @@ class ConvOp(AffineOp):
         )
 
     @property
-    def dim(self) -> int:
-        return len(self.kernel_size)
-
-    @property
     def kernel_numel(self) -> int:
         return math.prod(self.kernel_size)
 
@@ -106,25 +168,12 @@ class ConvOp(AffineOp):
     def d_in(self) -> int:
         return self.in_channels * self.kernel_numel
 
-    @property
-    def d_out(self) -> int:
-        return self.out_channels
-
     def prepare(self, x: Tensor) -> Tensor:
         return F.pad(x, list(self.pre_pad), mode=self.pad_mode) if self.pre_pad else x
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return CONV_FN[self.dim](
             x, weight, bias, self.stride, self.padding, self.dilation, self.groups
-        )
-
-    def _backward(
-        self, g: Tensor, x: Tensor, weight: Tensor, groups: int, mask: tuple[bool, bool, bool],
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return torch.ops.aten.convolution_backward(
-            g, x, weight, [g.shape[1]] if mask[2] else None,
-            list(self.stride), list(self.padding), list(self.dilation),
-            False, [0] * self.dim, groups, list(mask),
         )
 
     def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
@@ -141,33 +190,12 @@ class ConvOp(AffineOp):
             self.dilation,
         )
 
-    def backward(
-        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
-        mask: tuple[bool, bool, bool],
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        need_in, need_w, need_b = mask
-        if x is None or not need_w:
-            gi = self.input_grad(g, weight, input_shape) if need_in else None
-            gb = g.sum([0, *range(2, g.dim())]) if need_b else None
-            return gi, None, gb
-        return self._backward(g, x, weight.to(g.dtype), self.groups, mask)
-
-    def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
-        groups = self.groups if groups is None else groups
-        shape = (g.shape[1], x.shape[1] // groups, *self.kernel_size)
-        out = self._backward(g, x.to(g.dtype), dummy(g, shape), groups, (False, True, False))
-        assert out[1] is not None
-        return out[1]
-
     def canonical_input(self, x: Tensor) -> Tensor:
         # Unfold with a one-hot kernel: output channel c*K + k copies channel c at offset k.
         c = x.shape[1]
         cols = CONV_FN[self.dim](x, one_hot_kernel(c, self.kernel_size, x), None,
                                  self.stride, self.padding, self.dilation, c)
         return cols.flatten(2).transpose(1, 2)
-
-    def canonical_output_grad(self, g: Tensor) -> Tensor:
-        return g.flatten(2).transpose(1, 2)
 
     def weight_from_matrix(self, m: Tensor) -> Tensor:
         c_out = m.shape[-2]

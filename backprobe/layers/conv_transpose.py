@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.layers._base import AffineOp, register_op
-from backprobe.layers.conv import CONV_FN, CONV_T_FN, dummy
+from backprobe.layers.conv import CONV_FN, CONV_T_FN, ConvFamilyOp
 
 
 @register_op(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 @dataclass(frozen=True)
-class ConvTransposeOp(AffineOp):
+class ConvTransposeOp(ConvFamilyOp):
     """An N-d transposed convolution (``padding_mode="zeros"``, the only one torch allows)."""
 
     in_channels: int
@@ -38,6 +38,7 @@ class ConvTransposeOp(AffineOp):
     groups: int
 
     shares_weights = True
+    transposed = True
 
     @classmethod
     def from_module(cls, module: nn.Module) -> ConvTransposeOp:
@@ -58,52 +59,23 @@ class ConvTransposeOp(AffineOp):
         return replace(self, output_padding=tuple(int(p) for p in pad))
 
     @property
-    def dim(self) -> int:
-        return len(self.kernel_size)
-
-    @property
     def d_in(self) -> int:
         return self.in_channels * math.prod(self.kernel_size)
-
-    @property
-    def d_out(self) -> int:
-        return self.out_channels
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return CONV_T_FN[self.dim](x, weight, bias, self.stride, self.padding,
                                    self.output_padding, self.groups, self.dilation)
 
-    def _aten_backward(
-        self, g: Tensor, x: Tensor, weight: Tensor, groups: int, mask: tuple[bool, bool, bool]
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        return torch.ops.aten.convolution_backward(
-            g, x, weight, [g.shape[1]] if mask[2] else None, list(self.stride),
-            list(self.padding), list(self.dilation), True, list(self.output_padding), groups,
-            list(mask),
-        )
+    def aten_output_padding(self) -> list[int]:
+        return list(self.output_padding)
 
-    def backward(
-        self, x: Tensor | None, g: Tensor, weight: Tensor, input_shape: tuple[int, ...],
-        mask: tuple[bool, bool, bool],
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        need_in, need_w, need_b = mask
-        if x is None or not need_w:
-            gi = None
-            if need_in:  # the adjoint is a plain convolution; trim what output_padding adds
-                gi = CONV_FN[self.dim](g, weight.to(g.dtype), None, self.stride, self.padding,
-                                       self.dilation, self.groups)
-                for d, size in enumerate(input_shape[2:], start=2):
-                    gi = gi.narrow(d, 0, size)
-            gb = g.sum([0, *range(2, g.dim())]) if need_b else None
-            return gi, None, gb
-        return self._aten_backward(g, x, weight.to(g.dtype), self.groups, mask)
-
-    def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
-        groups = self.groups if groups is None else groups
-        shape = (x.shape[1], g.shape[1] // groups, *self.kernel_size)
-        out = self._aten_backward(g, x.to(g.dtype), dummy(g, shape), groups, (False, True, False))
-        assert out[1] is not None
-        return out[1]
+    def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
+        """The adjoint is a plain convolution; trim what ``output_padding`` adds."""
+        gi = CONV_FN[self.dim](g, weight.to(g.dtype), None, self.stride, self.padding,
+                               self.dilation, self.groups)
+        for d, size in enumerate(input_shape[2:], start=2):
+            gi = gi.narrow(d, 0, size)
+        return gi
 
     def canonical_input(self, x: Tensor) -> Tensor:
         # Scatter with a one-hot kernel: output channel c*K + k receives channel c via offset k.
@@ -112,9 +84,6 @@ class ConvTransposeOp(AffineOp):
         cols = CONV_T_FN[self.dim](x, eye.expand(c, *eye.shape[1:]), None, self.stride,
                                    self.padding, self.output_padding, c, self.dilation)
         return cols.flatten(2).transpose(1, 2)
-
-    def canonical_output_grad(self, g: Tensor) -> Tensor:
-        return g.flatten(2).transpose(1, 2)
 
     def weight_from_matrix(self, m: Tensor) -> Tensor:
         lead, grp = m.shape[:-2], self.groups
