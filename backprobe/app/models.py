@@ -81,6 +81,48 @@ def _flat_features(features: nn.Module, in_channels: int, image_size: ImageSize,
     return int(out[0].numel())
 
 
+def _conv_relu_pool(
+    in_channels: int, convs: Sequence[tuple[int, int, int]], pool: Callable[[], nn.Module]
+) -> nn.Sequential:
+    """``Conv(kernel, padding)-ReLU-pool()`` per ``(channels, kernel, padding)``; ``Flatten``."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for out, kernel, padding in convs:
+        layers += [nn.Conv2d(c, out, kernel, padding=padding), nn.ReLU(), pool()]
+        c = out
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def _vgg_features(
+    in_channels: int, config: Sequence[int | str], pool: Callable[[], nn.Module], width: float = 1.0
+) -> list[nn.Module]:
+    """``Conv(3x3, pad 1)-ReLU`` per channel entry (times ``width``), ``pool()`` per ``"M"``."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for item in config:
+        if item == "M":
+            layers.append(pool())
+        elif isinstance(item, int) and item > 0:
+            out = _scaled(item, width)
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+            c = out
+        else:
+            raise ValueError(f"vgg: config entries must be positive ints or 'M', got {item!r}")
+    return layers
+
+
+def _classifier(
+    in_features: int, hidden: Sequence[int], num_classes: int, dropout: float | None = None
+) -> list[nn.Module]:
+    """``Linear-ReLU`` (then ``Dropout(dropout)`` if given) per hidden width, last ``Linear``."""
+    layers: list[nn.Module] = []
+    n = in_features
+    for h in hidden:
+        layers += [nn.Linear(n, h), nn.ReLU(), *([nn.Dropout(dropout)] if dropout else [])]
+        n = h
+    return [*layers, nn.Linear(n, num_classes)]
+
+
 def _init_deepobs(model: nn.Module, *, conv_bias: float, linear: bool) -> None:
     """DeepOBS initialisation: Xavier-normal conv weights, Xavier-uniform linear weights."""
     for m in model.modules():
@@ -115,18 +157,8 @@ def mnist_cnn(in_channels: int, num_classes: int, image_size: ImageSize = 28) ->
     Raises:
         ValueError: The input is smaller than 8x8.
     """
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-    )
+    features = _conv_relu_pool(in_channels, [(16, 3, 1), (32, 3, 1), (32, 3, 1)],
+                               lambda: nn.MaxPool2d(2))
     n = _flat_features(features, in_channels, image_size, "mnist_cnn")
     return nn.Sequential(*features, nn.Linear(n, num_classes))
 
@@ -153,24 +185,9 @@ def lenet5(in_channels: int, num_classes: int, image_size: ImageSize = 28) -> nn
     Raises:
         ValueError: The input is too small.
     """
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-    )
+    features = _conv_relu_pool(in_channels, [(6, 5, 2), (16, 5, 0)], lambda: nn.MaxPool2d(2))
     n = _flat_features(features, in_channels, image_size, "lenet5")
-    return nn.Sequential(
-        *features,
-        nn.Linear(n, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, num_classes),
-    )
+    return nn.Sequential(*features, *_classifier(n, (120, 84), num_classes))
 
 
 def c3d(in_channels: int, num_classes: int, image_size: ImageSize = 32) -> nn.Module:
@@ -198,27 +215,10 @@ def c3d(in_channels: int, num_classes: int, image_size: ImageSize = 32) -> nn.Mo
     Raises:
         ValueError: The input is too small.
     """
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, 64, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Conv2d(64, 96, 3),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Conv2d(96, 128, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Flatten(),
-    )
+    features = _conv_relu_pool(in_channels, [(64, 5, 0), (96, 3, 0), (128, 3, 1)],
+                               lambda: nn.MaxPool2d(3, stride=2, padding=1))
     n = _flat_features(features, in_channels, image_size, "c3d")
-    model = nn.Sequential(
-        *features,
-        nn.Linear(n, 512),
-        nn.ReLU(),
-        nn.Linear(512, 256),
-        nn.ReLU(),
-        nn.Linear(256, num_classes),
-    )
+    model = nn.Sequential(*features, *_classifier(n, (512, 256), num_classes))
     _init_deepobs(model, conv_bias=0.0, linear=True)
     return model
 
@@ -334,22 +334,10 @@ def vgg(
     Raises:
         ValueError: Bad ``width`` or ``config`` entry.
     """
-    layers: list[nn.Module] = []
-    c = in_channels
-    for item in config:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        elif isinstance(item, int) and item > 0:
-            out = _scaled(item, width)
-            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
-            c = out
-        else:
-            raise ValueError(f"vgg: config entries must be positive ints or 'M', got {item!r}")
-    layers.append(nn.Flatten())
-    features = nn.Sequential(*layers)
+    layers = _vgg_features(in_channels, config, lambda: nn.MaxPool2d(2, ceil_mode=True), width)
+    features = nn.Sequential(*layers, nn.Flatten())
     n = _flat_features(features, in_channels, image_size, "vgg")
-    hidden = _scaled(512, width)
-    return nn.Sequential(*features, nn.Linear(n, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    return nn.Sequential(*features, *_classifier(n, (_scaled(512, width),), num_classes))
 
 
 class BasicBlock(nn.Module):
@@ -480,41 +468,16 @@ def vgg16(
     """
     if head not in ("imagenet", "cifar"):
         raise ValueError(f"vgg16: head must be 'imagenet' or 'cifar', got {head!r}")
-    layers: list[nn.Module] = []
-    c = in_channels
-    for item in VGG16:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            assert isinstance(item, int)
-            layers += [nn.Conv2d(c, item, 3, padding=1), nn.ReLU()]
-            c = item
+    layers = _vgg_features(in_channels, VGG16, lambda: nn.MaxPool2d(2))
     if head == "imagenet":
-        layers += [nn.AdaptiveAvgPool2d(7), nn.Flatten()]
-        features = nn.Sequential(*layers)
+        features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten())
         n = _flat_features(features, in_channels, image_size, "vgg16")
-        drop: list[nn.Module] = [nn.Dropout(0.5)] if dropout else []
-        return nn.Sequential(
-            *features,
-            nn.Linear(n, 4096),
-            nn.ReLU(),
-            *drop,
-            nn.Linear(4096, 4096),
-            nn.ReLU(),
-            *[nn.Dropout(0.5) for _ in drop],
-            nn.Linear(4096, num_classes),
-        )
-    layers.append(nn.Flatten())
-    features = nn.Sequential(*layers)
-    n = _flat_features(features, in_channels, image_size, "vgg16")
-    return nn.Sequential(
-        *features,
-        nn.Linear(n, 512),
-        nn.ReLU(),
-        nn.Linear(512, 512),
-        nn.ReLU(),
-        nn.Linear(512, num_classes),
-    )
+        head_layers = _classifier(n, (4096, 4096), num_classes, 0.5 if dropout else None)
+    else:
+        features = nn.Sequential(*layers, nn.Flatten())
+        n = _flat_features(features, in_channels, image_size, "vgg16")
+        head_layers = _classifier(n, (512, 512), num_classes)
+    return nn.Sequential(*features, *head_layers)
 
 
 def resnet34(
@@ -613,14 +576,8 @@ def mlp(
         ``nn.Sequential``: ``[B, C, H, W] -> [B, num_classes]``.
     """
     h, w = _hw(image_size)
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(in_channels * h * w, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )
+    features = in_channels * h * w
+    return nn.Sequential(nn.Flatten(), *_classifier(features, (hidden, hidden), num_classes))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
