@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["CLI_EXTRA", "check_device", "missing_cli_extra", "output_dir", "output_file",
-           "positive", "shape"]
+           "positive", "positive_int", "shape"]
 
 #: Modules of the ``cli`` extra every ``backprobe`` command may import.
 CLI_EXTRA = ("tqdm", "matplotlib")
@@ -37,6 +37,20 @@ def positive(flag: str, value: int | None, *, allow_none: bool = True) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def positive_int(flag: str, text: str) -> int:
+    """Parse ``text`` (e.g. a count inside a spec string) as an integer >= 1.
+
+    Raises:
+        ValueError: ``text`` is not an integer, or is below 1.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} must be a positive integer, got {text!r}") from None
+    positive(flag, value)
+    return value
 
 
 def shape(flag: str, dims: Iterable[int]) -> tuple[int, ...]:

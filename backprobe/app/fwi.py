@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backprobe.app._checks import output_dir, output_file, positive_int
+
 __all__ = ["IMAGING_GRAMMAR", "add_parser", "parse_imaging", "run_fwi", "run_memory"]
 
 PROBE_KINDS = ("rademacher", "gaussian", "orthogonal", "data", "hutchpp")
@@ -38,16 +40,6 @@ IMAGING_GRAMMAR = (
     "  probe:R[:KIND][:stride=K][:seed=S]  R time probes, KIND in "
     + "|".join(PROBE_KINDS) + "\n"
     "  dft:F[:stride=K]                 on-the-fly DFT at F frequencies\n")
-
-
-def _positive_int(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{what} must be an integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return value
 
 
 def parse_imaging(spec: str) -> Any:
@@ -74,9 +66,12 @@ def parse_imaging(spec: str) -> Any:
             if key not in ("stride", "seed"):
                 raise ValueError(f"imaging spec {spec!r}: unknown option {key!r} "
                                  "(stride=K or seed=S)")
-            options[key] = (_positive_int(value, f"{key} in {spec!r}") if key == "stride"
-                            else int(value) if value.lstrip("-").isdigit()
-                            else _positive_int(value, f"seed in {spec!r}"))
+            if key == "stride":
+                options[key] = positive_int(f"stride in {spec!r}", value)
+            elif value.lstrip("-").isdigit():
+                options[key] = int(value)
+            else:
+                raise ValueError(f"seed in {spec!r} must be an integer, got {value!r}")
         else:
             plain.append(p)
     if "seed" in options and name != "probe":
@@ -88,16 +83,16 @@ def parse_imaging(spec: str) -> Any:
     if name == "checkpoint":
         if len(plain) != 1 or options:
             raise ValueError(f"imaging spec {spec!r}: expected checkpoint:K")
-        return Checkpoint(_positive_int(plain[0], f"snapshots in {spec!r}"))
+        return Checkpoint(positive_int(f"snapshots in {spec!r}", plain[0]))
     if name == "dft":
         if len(plain) != 1:
             raise ValueError(f"imaging spec {spec!r}: expected dft:F[:stride=K]")
-        return DFT(_positive_int(plain[0], f"frequencies in {spec!r}"),
+        return DFT(positive_int(f"frequencies in {spec!r}", plain[0]),
                    stride=options.get("stride", 1))
     if name == "probe":
         if not 1 <= len(plain) <= 2:
             raise ValueError(f"imaging spec {spec!r}: expected probe:R[:KIND][:stride=K]")
-        r = _positive_int(plain[0], f"r in {spec!r}")
+        r = positive_int(f"r in {spec!r}", plain[0])
         kind = plain[1] if len(plain) == 2 else "rademacher"
         if kind not in PROBE_KINDS:
             raise ValueError(f"imaging spec {spec!r}: probe kind must be one of "
@@ -238,6 +233,7 @@ def _check_fwi_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--shots ({args.shots}) exceeds the grid's {args.shape[-1]} columns")
     if args.source_mute < 0:
         raise ValueError(f"--source-mute must be >= 0, got {args.source_mute}")
+    output_dir("--out", args.out)
 
 
 def _relative_error(a: Any, b: Any, rows: int) -> float:
@@ -499,6 +495,7 @@ def run_memory(args: argparse.Namespace) -> int:
     """Run ``backprobe wave-memory``: print the measured table (and write its JSON)."""
     if args.pml_width < 0:
         raise ValueError(f"--pml-width must be >= 0, got {args.pml_width}")
+    output_file("--json", args.json)
     table = memory_table(args)
     print(f"grid {table['shape']} ({table['interior_cells']} cells, domain "
           f"{table['domain_shape']} with the absorbing layer), nt={table['nt']}, "

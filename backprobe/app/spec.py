@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backprobe.app._checks import positive_int
 from backprobe.estimators import Estimator, Exact, Probe
 from backprobe.estimators.probe import DISTRIBUTIONS, MODES
 
@@ -53,16 +54,6 @@ class SpecFamily:
     help: str = ""
 
 
-def _positive_int(token: str, what: str) -> int:
-    try:
-        value = int(token)
-    except ValueError:
-        raise ValueError(f"{what} must be a positive integer, got {token!r}") from None
-    if value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {token!r}")
-    return value
-
-
 def _build_exact(args: list[str]) -> Estimator:
     if args:
         raise ValueError(f"exact takes no options, got {':'.join(args)!r}")
@@ -81,7 +72,7 @@ _PROBE_OPTIONS: dict[str, tuple[str, Any]] = {
 def _build_probe(args: list[str]) -> Estimator:
     if not args:
         raise ValueError("probe needs a number of probes, e.g. probe:16")
-    r = _positive_int(args[0], "the number of probes R")
+    r = positive_int("the number of probes R", args[0])
     kwargs: dict[str, Any] = {}
     for token in args[1:]:
         if token not in _PROBE_OPTIONS:

@@ -100,3 +100,14 @@ def test_wave_memory_measures_bytes(tmp_path, capsys):
     assert rows["strided: Exact(stride=4)"]["measured_bytes"] == 16 * domain * 4
     assert rows["probing: TimeProbe(4)"]["measured_bytes"] >= 4 * domain * 4
     assert "not implemented" in capsys.readouterr().out
+
+
+def test_output_paths_checked_before_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv, match in [(["fwi", "--out", str(blocker), "--threads", "1"], "is a file"),
+                        (["wave-memory", "--json", str(tmp_path)], "is a directory")]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert match in capsys.readouterr().err
