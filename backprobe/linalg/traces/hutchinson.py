@@ -21,32 +21,25 @@ import torch
 from torch import Tensor
 
 from backprobe.linalg._operator import LinearOperator, square_operator
-from backprobe.linalg._probes import as_generator, check_distribution, draw_block
-from backprobe.linalg._results import Estimate, Stopping, check_matvecs, mean_and_error
+from backprobe.linalg._probes import as_generator, check_distribution
+from backprobe.linalg._results import Estimate, Stopping, check_matvecs
+from backprobe.linalg.traces._running import RunningTrace
 
 
-class HutchinsonTrace:
+class HutchinsonTrace(RunningTrace):
     """Running Hutchinson estimate: samples ``z_j^T A z_j`` accumulated block by block."""
 
     def __init__(self, op: LinearOperator, distribution: str, generator: torch.Generator):
-        self.op, self.distribution, self.generator = op, distribution, generator
-        self.samples: list[Tensor] = []
-        self.spent = 0
+        super().__init__(op, distribution, generator)
+        self.blocks: list[Tensor] = []
 
-    def add_block(self, z: Tensor, az: Tensor) -> None:
-        """Add probes ``z [n, k]`` whose products ``A z`` are known (spent elsewhere)."""
-        self.samples.append((z * az).sum(0))
+    def add_block(self, w: Tensor, aw: Tensor) -> None:
+        """Add probes ``w [n, k]`` whose products ``A w`` are known (spent elsewhere)."""
+        self.blocks.append((w * aw).sum(0))
 
-    def add(self, k: int) -> None:
-        """Draw ``k`` probes and spend one block of ``k`` matvecs."""
-        z = draw_block(self.op.shape[0], k, self.distribution, self.generator, self.op.dtype,
-                       self.op.device)
-        self.add_block(z, self.op.matmat(z))
-        self.spent += k
-
-    def estimate(self) -> tuple[float, float]:
-        """``(value, standard error)``."""
-        return mean_and_error(torch.cat(self.samples))
+    def samples(self) -> Tensor:
+        """``z_j^T A z_j`` of every probe so far."""
+        return torch.cat(self.blocks)
 
 
 def hutchinson_trace(

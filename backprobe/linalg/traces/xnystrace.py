@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from backprobe.linalg._operator import LinearOperator, square_operator
-from backprobe.linalg._probes import as_generator, check_distribution, draw_block
-from backprobe.linalg._results import Estimate, Stopping, check_matvecs, mean_and_error
+from backprobe.linalg._probes import as_generator, check_distribution
+from backprobe.linalg._results import Estimate, Stopping, check_matvecs
+from backprobe.linalg.traces._running import RunningTrace
 
 
 def shifted_cholesky(
@@ -66,26 +67,18 @@ def shifted_cholesky(
     raise ValueError(f"{what}: the sketch W^T A W is too ill-conditioned to factor")
 
 
-class XNysTrace:
+class XNysTrace(RunningTrace):
     """Running XNysTrace state: probes ``W [n, m]`` and ``Y = A W``."""
 
     def __init__(self, op: LinearOperator, distribution: str, generator: torch.Generator):
-        self.op, self.distribution, self.generator = op, distribution, generator
+        super().__init__(op, distribution, generator)
         n, dt, dev = op.shape[0], op.dtype, op.device
         self.w = torch.zeros(n, 0, dtype=dt, device=dev)
         self.y = self.w
-        self.spent = 0
 
     def add_block(self, w: Tensor, aw: Tensor) -> None:
         """Add probes with known products (spent elsewhere)."""
         self.w, self.y = torch.cat([self.w, w], 1), torch.cat([self.y, aw], 1)
-
-    def add(self, k: int) -> None:
-        """Draw ``k`` probes and spend one block of ``k`` matvecs."""
-        w = draw_block(self.op.shape[0], k, self.distribution, self.generator, self.op.dtype,
-                       self.op.device)
-        self.add_block(w, self.op.matmat(w))
-        self.spent += k
 
     def samples(self) -> Tensor:
         """The ``m`` leave-one-out estimates ``t_i`` (float64)."""
@@ -97,10 +90,6 @@ class XNysTrace:
         m_diag = (k * k).sum(0)                                            # diag(H^{-1})
         ym = b @ k                                                         # Y H^{-1}
         return (b * b).sum() - (ym * ym).sum(0) / m_diag + 1 / m_diag - nu * w.shape[0]
-
-    def estimate(self) -> tuple[float, float]:
-        """``(value, standard error)``."""
-        return mean_and_error(self.samples())
 
 
 def xnystrace(

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 
 from backprobe.linalg._operator import LinearOperator, square_operator
-from backprobe.linalg._probes import as_generator, check_distribution, draw_block
-from backprobe.linalg._results import Estimate, Stopping, check_matvecs, mean_and_error
+from backprobe.linalg._probes import as_generator, check_distribution
+from backprobe.linalg._results import Estimate, Stopping, check_matvecs
+from backprobe.linalg.traces._running import RunningTrace
 
 
 def extend_basis(q: Tensor | None, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -68,16 +69,15 @@ def loo_directions(r: Tensor) -> Tensor:
     return rinv_t / torch.linalg.vector_norm(rinv_t, dim=0, keepdim=True)
 
 
-class XTrace:
+class XTrace(RunningTrace):
     """Running XTrace state: probes ``W``, ``A W``, basis ``Q`` with ``R``, and ``A Q``."""
 
     def __init__(self, op: LinearOperator, distribution: str, generator: torch.Generator):
-        self.op, self.distribution, self.generator = op, distribution, generator
+        super().__init__(op, distribution, generator)
         n, dt, dev = op.shape[0], op.dtype, op.device
         self.w = torch.zeros(n, 0, dtype=dt, device=dev)
         self.aw, self.q, self.aq = self.w, self.w, self.w
         self.r = torch.zeros(0, 0, dtype=dt, device=dev)
-        self.spent = 0
 
     def add_block(self, w: Tensor, aw: Tensor) -> None:
         """Add probes ``w`` with known products ``aw``; spends ``k`` matvecs on ``A Q``."""
@@ -91,13 +91,6 @@ class XTrace:
         self.aq = torch.cat([self.aq, self.op.matmat(q2)], 1)
         self.spent += k
 
-    def add(self, k: int) -> None:
-        """Draw ``k`` probes: ``2k`` matvecs in two blocks."""
-        w = draw_block(self.op.shape[0], k, self.distribution, self.generator, self.op.dtype,
-                       self.op.device)
-        self.spent += k
-        self.add_block(w, self.op.matmat(w))
-
     def samples(self) -> Tensor:
         """The ``s`` leave-one-out estimates ``t_i``."""
         q, aq, w, aw = self.q, self.aq, self.w, self.aw
@@ -110,10 +103,6 @@ class XTrace:
         e = d - s * (s * d).sum(0)
         hutch = (w * ap).sum(0) - (qtw * e).sum(0)
         return torch.trace(h) - (s * (h @ s)).sum(0) + hutch
-
-    def estimate(self) -> tuple[float, float]:
-        """``(value, standard error)``."""
-        return mean_and_error(self.samples())
 
 
 def xtrace(
