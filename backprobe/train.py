@@ -6,35 +6,28 @@
 and re-exports the old names.
 """
 
+import importlib
 import warnings
 
-from backprobe.app.compare import CompareResult, compare
-from backprobe.app.distributed import shard
-from backprobe.app.memory import MemoryReport, memory_report
-from backprobe.app.report import echo, format_bytes, write_json
-from backprobe.app.training import (
-    DEFAULT_LR,
-    TrainConfig,
-    TrainResult,
-    build_model,
-    default_image_size,
-    epoch_line,
-    evaluate,
-    load_data,
-    prepare_model,
-    run_line,
-    save_model,
-    step_saved_bytes,
-    train,
-)
-from backprobe.app.variance import VarianceResult, variance_study
+#: The old names and the modules that now define them.
+_MOVED = {
+    "backprobe.app.compare": ("CompareResult", "compare"),
+    "backprobe.app.distributed": ("shard",),
+    "backprobe.app.memory": ("MemoryReport", "memory_report"),
+    "backprobe.app.report": ("echo", "format_bytes", "write_json"),
+    "backprobe.app.training": (
+        "DEFAULT_LR", "TrainConfig", "TrainResult", "build_model", "default_image_size",
+        "epoch_line", "evaluate", "load_data", "prepare_model", "run_line", "save_model",
+        "step_saved_bytes", "train",
+    ),
+    "backprobe.app.variance": ("VarianceResult", "variance_study"),
+}
 
-__all__ = [
-    "DEFAULT_LR", "CompareResult", "MemoryReport", "TrainConfig", "TrainResult", "VarianceResult",
-    "build_model", "compare", "default_image_size", "echo", "epoch_line", "evaluate",
-    "format_bytes", "load_data", "memory_report", "prepare_model", "run_line", "save_model",
-    "shard", "step_saved_bytes", "train", "variance_study", "write_json",
-]
+for _module, _names in _MOVED.items():
+    _source = importlib.import_module(_module)
+    globals().update({name: getattr(_source, name) for name in _names})
+
+__all__ = sorted(name for names in _MOVED.values() for name in names)
 
 warnings.warn("backprobe.train moved to backprobe.app (training, compare, memory, variance, "
               "report); import from there (backprobe.train will be removed)",
