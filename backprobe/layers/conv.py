@@ -68,13 +68,15 @@ def resolve_padding(module: nn.modules.conv._ConvNd) -> tuple[tuple[int, ...], s
     return tuple(module.padding), "constant", []  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
 class ConvFamilyOp(AffineOp):
-    """What ``ConvOp`` and ``ConvTransposeOp`` share: aten's convolution backward.
+    """What ``ConvOp`` and ``ConvTransposeOp`` share: their fields and aten's convolution backward.
 
-    Subclasses are frozen dataclasses with these fields; ``transposed`` selects aten's
-    transposed convolution and ``input_grad`` gives the gradient with respect to the input.
+    ``transposed`` selects aten's transposed convolution; subclasses give ``input_grad``,
+    the gradient with respect to the input.
     """
 
+    in_channels: int
     out_channels: int
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
@@ -87,6 +89,14 @@ class ConvFamilyOp(AffineOp):
     @property
     def dim(self) -> int:
         return len(self.kernel_size)
+
+    @property
+    def kernel_numel(self) -> int:
+        return math.prod(self.kernel_size)
+
+    @property
+    def d_in(self) -> int:
+        return self.in_channels * self.kernel_numel
 
     @property
     def d_out(self) -> int:
@@ -138,13 +148,6 @@ class ConvFamilyOp(AffineOp):
 class ConvOp(ConvFamilyOp):
     """An N-d convolution with resolved symmetric integer padding (the rest is ``pre_pad``)."""
 
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
     pad_mode: str = "constant"
     pre_pad: tuple[int, ...] = ()
 
@@ -159,14 +162,6 @@ class ConvOp(ConvFamilyOp):
             tuple(module.stride), padding, tuple(module.dilation), module.groups, mode,
             tuple(pre),
         )
-
-    @property
-    def kernel_numel(self) -> int:
-        return math.prod(self.kernel_size)
-
-    @property
-    def d_in(self) -> int:
-        return self.in_channels * self.kernel_numel
 
     def prepare(self, x: Tensor) -> Tensor:
         return F.pad(x, list(self.pre_pad), mode=self.pad_mode) if self.pre_pad else x

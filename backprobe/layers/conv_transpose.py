@@ -28,14 +28,7 @@ from backprobe.layers.conv import CONV_FN, CONV_T_FN, ConvFamilyOp
 class ConvTransposeOp(ConvFamilyOp):
     """An N-d transposed convolution (``padding_mode="zeros"``, the only one torch allows)."""
 
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, ...]
-    stride: tuple[int, ...]
-    padding: tuple[int, ...]
     output_padding: tuple[int, ...]
-    dilation: tuple[int, ...]
-    groups: int
 
     shares_weights = True
     transposed = True
@@ -46,7 +39,7 @@ class ConvTransposeOp(ConvFamilyOp):
         return cls(
             module.in_channels, module.out_channels, tuple(module.kernel_size),
             tuple(module.stride), tuple(module.padding),  # type: ignore[arg-type]
-            tuple(module.output_padding), tuple(module.dilation), module.groups,
+            tuple(module.dilation), module.groups, tuple(module.output_padding),
         )
 
     def with_output_size(self, module: nn.Module, x: Tensor, output_size: Any) -> AffineOp:
@@ -57,10 +50,6 @@ class ConvTransposeOp(ConvFamilyOp):
             list(self.kernel_size), self.dim, list(self.dilation),
         )
         return replace(self, output_padding=tuple(int(p) for p in pad))
-
-    @property
-    def d_in(self) -> int:
-        return self.in_channels * math.prod(self.kernel_size)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return CONV_T_FN[self.dim](x, weight, bias, self.stride, self.padding,
