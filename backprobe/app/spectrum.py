@@ -25,11 +25,22 @@ from torch import nn
 
 from backprobe import linalg
 from backprobe.app._args import add_common
+from backprobe.app._checks import output_dir, positive
 from backprobe.app.report import echo, pyplot, save_figure, write_json
 
 __all__ = ["SpectrumResult", "add_parser", "run", "spectrum"]
 
 CURVATURES = {"hessian": linalg.HessianOperator, "ggn": linalg.GGNOperator}
+
+#: The flags that take a count >= 1, as ``(flag, default, help)``; :func:`run` checks them.
+_COUNT_FLAGS: tuple[tuple[str, int | None, str], ...] = (
+    ("--examples", None, "first N training examples (default: all)"),
+    ("--batch-size", 512, "examples per batch of the products"),
+    ("--top-k", 1, "eigenvalues to find"),
+    ("--trace-matvecs", 20, "first block of the trace estimate (even)"),
+    ("--max-trace-matvecs", 400, "budget of the trace estimate"),
+    ("--slq-steps", 20, "Lanczos steps per density probe"),
+)
 
 
 @dataclass
@@ -236,28 +247,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--checkpoint", default=None, help="state_dict file to load")
     p.add_argument("--curvature", choices=sorted(CURVATURES), default="hessian")
-    p.add_argument("--examples", type=int, default=None, help="first N training examples")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--top-k", type=int, default=1)
+    for flag, default, help_text in _COUNT_FLAGS:
+        p.add_argument(flag, type=int, default=default, help=help_text)
     p.add_argument("--eig-tol", type=float, default=1e-2,
                    help="Lanczos residual / eigenvalue (the eigenvalue's own error is about "
                    "its square times eigenvalue / gap)")
     p.add_argument("--trace-method", default="exact-or-auto",
                    help="exact-or-auto (exact diagonal for piecewise-linear nets) or a "
                    "backprobe.linalg.trace method: auto, hutchinson, xtrace, ...")
-    p.add_argument("--trace-matvecs", type=int, default=20, help="first block (even)")
     p.add_argument("--trace-rtol", type=float, default=0.025,
                    help="stop at this relative standard error (0.025: +-5%% at 2 sigma)")
-    p.add_argument("--max-trace-matvecs", type=int, default=400)
     p.add_argument("--slq-probes", type=int, default=2, help="0 skips the density")
-    p.add_argument("--slq-steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/spectrum", help="folder of the JSON and PNG")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run :func:`spectrum` from parsed flags; print the summary and the files written."""
+    """Run :func:`spectrum` from parsed flags; print the summary and the files written.
+
+    Raises:
+        ValueError: a count below 1, ``--slq-probes`` below 0, or an unwritable ``--out``
+            (checked before any work).
+    """
+    for flag, _, _ in _COUNT_FLAGS:
+        positive(flag, getattr(args, flag[2:].replace("-", "_")))
+    if args.slq_probes < 0:
+        raise ValueError(f"--slq-probes must be >= 0 (0 skips the density), got {args.slq_probes}")
+    output_dir("--out", args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = spectrum(

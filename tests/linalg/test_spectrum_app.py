@@ -56,3 +56,26 @@ def test_spectrum_is_a_cli_command():
 def test_bad_curvature():
     with pytest.raises(ValueError, match="curvature"):
         spectrum(curvature="fisher", out=None, progress=False)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--top-k", "0"], "--top-k must be a positive integer, got 0"),
+    (["--examples", "-2"], "--examples must be a positive integer, got -2"),
+    (["--slq-probes", "-1"], "--slq-probes must be >= 0"),
+])
+def test_bad_flags_exit_before_work(argv, match, capsys, tmp_path):
+    from backprobe.app.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["spectrum", *argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_must_be_a_folder(capsys, tmp_path):
+    from backprobe.app.cli import main
+
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SystemExit):
+        main(["spectrum", "--out", str(tmp_path / "f")])
+    assert "is a file" in capsys.readouterr().err
