@@ -103,13 +103,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--fig", type=Path, default=FIG)
+    p.add_argument("--boundary", choices=("cpml", "damping"), default="damping",
+                   help="absorbing layer (the README's figures: damping)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     shape = (args.nz, args.nx)
     v_true = layered(shape)
     v0 = smooth(v_true, args.smooth, fixed_rows=water_rows(v_true))
     survey = surface_survey(shape, dx=args.dx, dt=args.dt, nt=args.nt, freq=args.freq,
-                            shots=args.shots, depth=1.0)
+                            shots=args.shots, depth=1.0, boundary=args.boundary)
     observed = simulate(v_true, survey)
     runs = {
         "Exact()": run("exact", Exact(), v0, survey, observed, v_true, args),

@@ -51,7 +51,7 @@ def setup(args: argparse.Namespace) -> dict:
     nx = shape[1]
     src = torch.tensor([[2.0, (nx - 1) * (i + 1) / (args.shots + 1)] for i in range(args.shots)])
     rec = torch.stack([torch.full((nx,), 2.0), torch.arange(nx, dtype=torch.float32)], -1)
-    kw = dict(space_order=args.space_order, pml_width=args.pml_width)
+    kw = dict(space_order=args.space_order, pml_width=args.pml_width, boundary=args.boundary)
     with torch.no_grad():
         observed = model(v_true, args.dx, args.dt, wavelet, src, rec, **kw)
     return dict(v0=v0, wavelet=wavelet, src=src, rec=rec, observed=observed, kw=kw)
@@ -248,6 +248,8 @@ def main() -> None:
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--space-order", type=int, default=8)
     p.add_argument("--pml-width", type=int, default=20)
+    p.add_argument("--boundary", choices=("cpml", "damping"), default="damping",
+                   help="absorbing layer (the README's figures: damping)")
     p.add_argument("--nyquist-stride", type=int, default=None,
                    help="default floor(1 / (2 * 3 f_peak * dt))")
     p.add_argument("--seeds", type=int, default=1, help="draws per random point")

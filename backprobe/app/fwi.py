@@ -158,6 +158,8 @@ def _grid_flags(p: argparse.ArgumentParser, *, shape: str, nt: int) -> None:
     p.add_argument("--freq", type=_positive(float), default=10.0, help="Ricker peak (Hz)")
     p.add_argument("--space-order", type=int, choices=(2, 4, 6, 8), default=8)
     p.add_argument("--pml-width", type=int, default=20, help="absorbing layer (cells)")
+    p.add_argument("--boundary", choices=("cpml", "damping"), default="cpml",
+                   help="absorbing layer kind (default cpml; damping: cheaper, reflects more)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
 
 
@@ -276,7 +278,7 @@ def _run_fwi(args: argparse.Namespace) -> int:
     upper = args.vmax if args.vmax is not None else 1.1 * float(v_true.max())
     survey = surface_survey(args.shape, dx=args.dx, dt=args.dt, nt=args.nt, freq=args.freq,
                             shots=args.shots, space_order=args.space_order,
-                            pml_width=args.pml_width)
+                            pml_width=args.pml_width, boundary=args.boundary)
     torch.manual_seed(args.seed)
     observed = simulate(v_true, survey, shots_per_batch=args.shots_per_batch)
     precondition = Precondition(water_rows=rows, source_radius=args.source_mute,
@@ -329,6 +331,7 @@ def _run_fwi(args: argparse.Namespace) -> int:
         "nt": args.nt, "freq": args.freq, "shots": args.shots, "iterations": args.iterations,
         "optimizer": args.optimizer, "smooth_sigma": sigma, "water_rows": rows,
         "bounds": [lower, upper], "space_order": args.space_order, "pml_width": args.pml_width,
+        "boundary": args.boundary,
         "world_size": world, "start_model_error": _relative_error(v0, v_true, rows),
         "start_misfit": ref_f, "runs": runs,
     }
@@ -430,7 +433,8 @@ def memory_table(args: argparse.Namespace) -> dict[str, Any]:
     observed = torch.zeros(shots, nx, nt)
     with torch.no_grad():
         observed = model(v.detach(), args.dx, args.dt, wavelet, src, rec,
-                         space_order=args.space_order, pml_width=args.pml_width)
+                         space_order=args.space_order, pml_width=args.pml_width,
+                         boundary=args.boundary)
     word = 4  # float32
     cases: list[tuple[str, Any, str, float]] = [("FWI: Exact()", Exact(), "N nt", n * nt)]
     for k in args.strides:
@@ -448,7 +452,8 @@ def memory_table(args: argparse.Namespace) -> dict[str, Any]:
     info = None
     for name, imaging, formula, numbers in cases:
         d = model(v, args.dx, args.dt, wavelet, src, rec, imaging=imaging,
-                  space_order=args.space_order, pml_width=args.pml_width, observed=observed)
+                  space_order=args.space_order, pml_width=args.pml_width, observed=observed,
+                  boundary=args.boundary)
         measured = int(imaging.nbytes())
         info = imaging.last_info
         del d
@@ -461,7 +466,7 @@ def memory_table(args: argparse.Namespace) -> dict[str, Any]:
         r["fewer_than_exact"] = exact / r["measured_bytes"] if r["measured_bytes"] else math.inf
     domain = list(info.domain_shape) if info is not None else None
     return {"shape": list(shape), "nt": nt, "shots": shots, "dx": args.dx, "dt": args.dt,
-            "space_order": args.space_order, "pml_width": args.pml_width,
+            "space_order": args.space_order, "pml_width": args.pml_width, "boundary": args.boundary,
             "interior_cells": n, "domain_shape": domain,
             "domain_cells": math.prod(domain) if domain else None,
             "substeps": info.substeps if info is not None else None,

@@ -49,6 +49,8 @@ class Survey:
         space_order: finite-difference order in space (2, 4 or 8).
         pml_width: absorbing layer width in cells.
         substeps: ``"auto"`` or an integer number of internal time steps per ``dt``.
+        boundary: absorbing layer kind, ``"cpml"`` (default) or ``"damping"`` (see
+            :func:`backprobe.wave.model`).
 
     Raises:
         ValueError: for inconsistent shapes or non-positive ``dx``/``dt``.
@@ -62,6 +64,7 @@ class Survey:
     space_order: int = 8
     pml_width: int = 20
     substeps: int | str = "auto"
+    boundary: str = "cpml"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.dx) and self.dx > 0):
@@ -121,12 +124,13 @@ class Survey:
         return model(v, self.dx, self.dt, self.wavelet.to(v.dtype), self.src_pos,
                      self.rec_pos, imaging=Exact() if imaging is None else imaging,
                      space_order=self.space_order, pml_width=self.pml_width,
+                     boundary=self.boundary,
                      substeps=self.substeps, observed=observed)
 
 
 def surface_survey(shape: Sequence[int], *, dx: float, dt: float, nt: int, freq: float,
                    shots: int, receivers: int | None = None, depth: float = 1.0,
-                   space_order: int = 8, pml_width: int = 20,
+                   space_order: int = 8, pml_width: int = 20, boundary: str = "cpml",
                    dtype: torch.dtype = torch.float32) -> Survey:
     """A surface survey: ``shots`` sources evenly spread along x, receivers on the surface.
 
@@ -145,6 +149,7 @@ def surface_survey(shape: Sequence[int], *, dx: float, dt: float, nt: int, freq:
         depth: source and receiver depth in cells (grid-index coordinate).
         space_order: finite-difference order.
         pml_width: absorbing layer width in cells.
+        boundary: absorbing layer kind, ``"cpml"`` or ``"damping"``.
         dtype: dtype of the wavelet and positions.
 
     Returns:
@@ -177,7 +182,8 @@ def surface_survey(shape: Sequence[int], *, dx: float, dt: float, nt: int, freq:
     src = torch.stack([*cols, sx], dim=-1)
     rec = torch.stack([*rcols, rx], dim=-1)
     return Survey(dx=dx, dt=dt, wavelet=ricker(freq, nt, dt, dtype=dtype), src_pos=src,
-                  rec_pos=rec, space_order=space_order, pml_width=pml_width)
+                  rec_pos=rec, space_order=space_order, pml_width=pml_width,
+                  boundary=boundary)
 
 
 def _chunks(indices: Sequence[int], size: int | None) -> list[list[int]]:

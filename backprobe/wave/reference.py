@@ -21,7 +21,7 @@ from backprobe.wave.modelling import _corners
 
 def model_reference(
     v: Tensor, dx: float, dt: float, wavelet: Tensor, src_pos: Any, rec_pos: Any, *,
-    space_order: int = 8, pml_width: int = 20, boundary: str = "damping",
+    space_order: int = 8, pml_width: int = 20, boundary: str = "cpml",
     pml_freq: float | None = None, max_vel: float | None = None,
 ) -> Tensor:
     """Receiver data ``[shots, n_rec, nt]`` as :func:`~backprobe.wave.model` computes them.
@@ -35,7 +35,7 @@ def model_reference(
         rec_pos: ``[n_rec, ndim]`` or ``[shots, n_rec, ndim]``.
         space_order: 2, 4, 6 or 8.
         pml_width: Absorbing-layer width in cells.
-        boundary: ``"damping"`` or ``"cpml"``.
+        boundary: ``"cpml"`` (default, as in :func:`backprobe.wave.model`) or ``"damping"``.
         pml_freq: CPML frequency (default: the wavelet's spectral peak).
         max_vel: Velocity setting the layer's strength (default ``v.max()``).
 

@@ -43,7 +43,7 @@ def test_checkpoint_equals_exact_with_cpml(snapshots):
     grads = []
     for imaging in (Exact(), Checkpoint(snapshots)):
         vg = V.clone().requires_grad_()
-        (model(vg, DX, DT, W, SRC, REC, imaging=imaging, **KW, **layer) * DD).sum().backward()
+        (model(vg, DX, DT, W, SRC, REC, imaging=imaging, **{**KW, **layer}) * DD).sum().backward()
         grads.append(vg.grad)
     assert torch.equal(grads[0], grads[1])
     # Per shot: two pressure fields on the 18 x 21 domain, plus psi and zeta on the

@@ -34,7 +34,7 @@ def test_dot_product_linearised_modelling(problem, layer):
     gen = torch.Generator().manual_seed(3)
     dv = torch.randn(v.shape, generator=gen, dtype=torch.float64)
     _, jdv = torch.func.jvp(
-        lambda vv: model_reference(vv, DX, DT, w, src, rec, **KW, **layer), (v,), (dv,))
+        lambda vv: model_reference(vv, DX, DT, w, src, rec, **{**KW, **layer}), (v,), (dv,))
     dd = torch.randn(jdv.shape, generator=gen, dtype=torch.float64)
     vg = v.clone().requires_grad_()
     (_data(vg, w, src, rec, **layer) * dd).sum().backward()
@@ -95,7 +95,7 @@ def test_taylor_misfit_gradient(layer):
 def test_cpml_matches_reference_and_absorbs_better():
     v, w, src, rec = problem_2d(nt=40)
     d = _data(v, w, src, rec, **CPML)
-    dr = model_reference(v, DX, DT, w, src, rec, **KW, **CPML)
+    dr = model_reference(v, DX, DT, w, src, rec, **{**KW, **CPML})
     assert torch.allclose(d, dr, rtol=0, atol=1e-13 * dr.abs().max())
     # Reflections: a 10-cell layer against a far (100-cell) one, receivers near the top.
     v = torch.full((40, 40), 2000.0, dtype=torch.float64)
