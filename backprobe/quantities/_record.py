@@ -34,12 +34,17 @@ from torch import Tensor, nn
 
 from backprobe.layers import OPS, spec_for
 from backprobe.quantities._base import CurvatureQuantity, FirstOrderQuantity, Quantity
-from backprobe.quantities._kfra import backprop_columns, kfra
-from backprobe.quantities._sites import CHUNK_ELEMENTS, SITES, BoundSite
+from backprobe.quantities._loss_call import (
+    LossCall,
+    expected_gradients,
+    group_by_site,
+    loss_curvature,
+    objective_scale,
+)
+from backprobe.quantities._sites import SITES, BoundSite
 from backprobe.quantities.first_order import BatchGrad, first_order
 from backprobe.quantities.hessian import DiagHessian, HutchinsonDiagHessian
-from backprobe.quantities.kronecker import KFRA
-from backprobe.quantities.loss_hessian import check_loss, loss_hessian_sqrt
+from backprobe.quantities.loss_hessian import check_loss
 
 
 def _registry_lookup(module: nn.Module) -> tuple[str, Callable[..., Any]] | None:
@@ -91,57 +96,18 @@ class _Call:
     out_shape: tuple[int, ...] = ()
 
 
-@dataclass(eq=False)
-class _LossCall:
-    """One ``loss_fn`` call: its curvature results and what backward must deliver.
-
-    ``expected``: the gradients ``loss_fn``'s output alone sends to the model output
-    (key ``None``) and to each recorded layer output (key: ``id`` of its call in ``calls``),
-    ``None`` where it
-    sends none; ``results``: ``(quantity, site or params, {name: value})``.
-    """
-
-    expected: dict[int | None, Tensor | None] = field(default_factory=dict)
-    calls: dict[int, _Call] = field(default_factory=dict)
-    results: list[tuple[Any, Any, dict[Any, Any]]] = field(default_factory=list)
-    scale: Tensor | None = None
-    output_grad: Tensor | None = None
-
-
 @dataclass
 class _State:
     pending: list[tuple[_Call, Tensor]] = field(default_factory=list)
     queued: bool = False
     calls: list[tuple[_Call, Any]] = field(default_factory=list)
     busy: bool = False
-    losses: list[_LossCall] = field(default_factory=list)
+    losses: list[LossCall] = field(default_factory=list)
     arrived: dict[int, tuple[_Call, Tensor]] = field(default_factory=dict)
     check_queued: bool = False
     stored: set[tuple[int, str]] = field(default_factory=set)
     first_order_passes: int = 0
     curvature_passes: int = 0
-
-
-def _tolerance(dtype: torch.dtype) -> float:
-    """Relative tolerance when comparing two evaluations of one gradient."""
-    return {torch.float64: 1e-9, torch.float32: 1e-4}.get(dtype, 2e-2)
-
-
-def _proportional(actual: Tensor | None, expected: Tensor | None, c: float) -> bool:
-    """Whether ``actual == c * expected`` up to round-off (``None`` meaning zero)."""
-    if actual is None and expected is None:
-        return True
-    if actual is None or expected is None:
-        other: Tensor = expected if actual is None else actual  # type: ignore[assignment]
-        return other.numel() == 0 or c == 0 and actual is None or bool(other.abs().max() == 0)
-    ref = expected.to(actual) * c
-    if actual.shape != ref.shape:
-        return False
-    if actual.numel() == 0:
-        return True
-    err = torch.linalg.vector_norm((actual - ref).double())
-    size = torch.linalg.vector_norm(actual.double()) + torch.linalg.vector_norm(ref.double())
-    return bool(err <= _tolerance(actual.dtype) * size + torch.finfo(actual.dtype).tiny)
 
 
 class record:  # noqa: N801 - a context manager used like a function, as torch.no_grad
@@ -240,7 +206,6 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         self.loss_fn = loss_fn
         self.first = {type(q) for q in quantities if isinstance(q, FirstOrderQuantity)}
         self.curvature = [q for q in quantities if isinstance(q, CurvatureQuantity)]
-        self.kfra = [q for q in self.curvature if isinstance(q, KFRA)]
         self.hutchinson = [q for q in quantities if isinstance(q, HutchinsonDiagHessian)]
         if (self.curvature or self.hutchinson) and loss_fn is None:
             raise ValueError(
@@ -355,7 +320,7 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         self._new_pass("first_order_passes")
         st.busy = True  # the torch.func fallback runs modules again: do not record that
         try:
-            for site, calls, gs in _group(pending):
+            for site, calls, gs in group_by_site(pending):
                 bound = self._bind(site, calls)
                 results = first_order(
                     bound, [g.unsqueeze(0) for g in gs], self.first,
@@ -384,35 +349,22 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         if st.busy or not torch.is_grad_enabled() or not output.requires_grad:
             return
         f = args[0]
-        entry = _LossCall()
+        entry = LossCall()
         st.busy = True
         try:
             if self.curvature:
-                self._curvature(module, f, args[1], entry)
+                loss_curvature(self.curvature, module, f, args[1], st.calls, self._bind, entry)
             for q in self.hutchinson:
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 values = q.compute(output, params)
                 entry.results.append((q, dict(enumerate(params)), dict(enumerate(values))))
-            self._expect(output, f, entry)
+            expected_gradients(output, f, st.calls if self.curvature else [], entry)
         finally:
             st.busy = False
         st.losses.append(entry)
         output.register_hook(functools.partial(self._on_loss_grad, entry, "scale"))
         if isinstance(f, Tensor) and f.requires_grad:
             f.register_hook(functools.partial(self._on_loss_grad, entry, "output_grad"))
-
-    def _expect(self, output: Tensor, f: Any, entry: _LossCall) -> None:
-        """The gradients ``loss_fn``'s output alone sends to the model and layer outputs."""
-        if not (isinstance(f, Tensor) and f.requires_grad):
-            return
-        (df,) = torch.autograd.grad(output, f, retain_graph=True, allow_unused=True)
-        entry.expected[None] = df
-        calls = self._state.calls if self.curvature else []
-        if calls and df is not None:
-            cols = backprop_columns(f, [e for _, e in calls], df.unsqueeze(0))
-            for (call, _), g in zip(calls, cols):
-                entry.expected[id(call)] = None if g is None else g[0]
-                entry.calls[id(call)] = call
 
     # -- the objective check, at the end of each backward ------------------------------
     def _queue_check(self) -> None:
@@ -421,7 +373,7 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
             st.check_queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._check_objective)
 
-    def _on_loss_grad(self, entry: _LossCall, slot: str, g: Tensor) -> None:
+    def _on_loss_grad(self, entry: LossCall, slot: str, g: Tensor) -> None:
         if self._state.busy:
             return
         setattr(entry, slot, g.detach())
@@ -444,49 +396,10 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
         fired = [e for e in st.losses if e.scale is not None or e.output_grad is not None]
         st.losses = [e for e in st.losses if e not in fired]
         wanted = ", ".join(map(repr, [*self.curvature, *self.hutchinson]))
-        if not fired:
-            if arrived:
-                raise ValueError(
-                    f"record: {wanted} need the loss computed by the loss_fn module passed to "
-                    "record, inside the context, and backward through its output; this "
-                    "backward reached the model's layers without passing through a loss_fn "
-                    "call (e.g. F.cross_entropy instead of nn.CrossEntropyLoss, or backward "
-                    "of another quantity). No curvature was stored."
-                )
+        c = objective_scale(fired, arrived, wanted)
+        if c is None:
             return
-        if len(fired) > 1:
-            raise ValueError(
-                f"record: this backward went through {len(fired)} loss_fn calls; {wanted} "
-                "support one loss_fn call per backward (concatenate the batches and call "
-                "loss_fn once, or backpropagate each loss in its own backward with "
-                "record(..., accumulate=True)). No curvature was stored."
-            )
-        entry = fired[0]
-        if entry.scale is None or entry.scale.numel() != 1:
-            raise ValueError(
-                f"record: {wanted}: the backward reached the model output but not loss_fn's "
-                "output (the objective is not loss_fn(output, target) times a number). "
-                "No curvature was stored."
-            )
-        c = float(entry.scale)
-        where = []
-        if not _proportional(entry.output_grad, entry.expected.get(None), c):
-            where.append("the model output")
-        for key, (call, g) in arrived.items():
-            if key not in entry.expected or not _proportional(g, entry.expected[key], c):
-                where.append(f"module '{call.site.name}'")
-        for ident, e in entry.expected.items():
-            if ident is not None and ident not in arrived and not _proportional(None, e, c):
-                where.append(f"module '{entry.calls[ident].site.name}'")
-        if where:
-            raise ValueError(
-                f"record: {wanted} are the curvature of c * loss_fn(output, target) (c = "
-                f"{c:g} here), but the gradient reaching {', '.join(sorted(set(where)))} is "
-                "not c times loss_fn's own: the objective has other terms (a second loss "
-                "term, a penalty on outputs or activations, or the output used elsewhere). "
-                "Record the curvature of loss_fn alone (backpropagate it by itself, or use "
-                "torch.func for the whole objective). No curvature was stored."
-            )
+        (entry,) = fired
         self._new_pass("curvature_passes")
         for q, target, result in entry.results:
             scaled = q.scaled(result, c) if isinstance(q, CurvatureQuantity) else \
@@ -517,66 +430,6 @@ class record:  # noqa: N801 - a context manager used like a function, as torch.n
                 v = q.accumulate(getattr(p, q.savefield), v)
             st.stored.add(key)
             setattr(p, q.savefield, v)
-
-    def _curvature(self, loss_fn: nn.Module, f: Tensor, target: Tensor, entry: _LossCall) -> None:
-        calls = [(c, e) for c, e in self._state.calls]
-        if not calls or not f.requires_grad:
-            return
-        groups: dict[Any, list[CurvatureQuantity]] = {}
-        for q in self.curvature:
-            if isinstance(q, KFRA):
-                continue
-            key = "exact" if q.mc_samples is None else id(q)
-            groups.setdefault(key, []).append(q)
-        if any(isinstance(q, DiagHessian) for q in self.curvature):
-            names = [c.site.name for c, _ in calls]
-            twice = {n for n in names if names.count(n) > 1}
-            if twice:
-                raise ValueError(
-                    f"DiagHessian: modules {sorted(twice)} are used more than once, so the "
-                    "network is not linear in their parameters; use HutchinsonDiagHessian"
-                )
-        for qs in groups.values():
-            q0 = qs[0]
-            s = loss_hessian_sqrt(loss_fn, f, target, q0.mc_samples, q0.generator)
-            bounds: dict[int, BoundSite] = {}
-            acc: dict[tuple[int, int], tuple[_Site, dict[str, Any]]] = {}
-            # Columns in chunks (vmapped backward within a chunk): every quantity is a sum
-            # or a stack over columns, so memory stays at about CHUNK_ELEMENTS numbers.
-            per_column = max(1, sum(c.out_numel for c, _ in calls))
-            step = max(1, min(s.shape[0], CHUNK_ELEMENTS // per_column))
-            for m in range(0, s.shape[0], step):
-                cols = backprop_columns(f, [e for _, e in calls], s[m:m + step])
-                pending = [(c, g) for (c, _), g in zip(calls, cols) if g is not None]
-                for site, site_calls, gs in _group(pending):
-                    bound = bounds.get(id(site))
-                    if bound is None:
-                        bound = bounds[id(site)] = self._bind(site, site_calls)
-                    for i, q in enumerate(qs):
-                        r = q.compute(bound, gs)  # type: ignore[attr-defined]
-                        slot = (i, id(site))
-                        if slot in acc:
-                            r = q.combine(acc[slot][1], r)  # type: ignore[attr-defined]
-                        acc[slot] = (site, r)
-            for (i, _), (site, r) in acc.items():
-                entry.results.append((qs[i], site.params, r))
-        for kq in self.kfra:
-            def keep(site: _Site, results: dict[str, Any], kq: KFRA = kq) -> None:
-                entry.results.append((kq, site.params, results[kq.savefield]))
-
-            kfra(kq, loss_fn, f, target, calls, self._bind, keep)
-
-
-def _group(
-    pending: list[tuple[_Call, Tensor]],
-) -> list[tuple[_Site, list[_Call], list[Tensor]]]:
-    """Group (call, gradient) pairs by site, keeping the order sites were first seen."""
-    by_site: dict[int, tuple[_Site, list[_Call], list[Tensor]]] = {}
-    for call, g in pending:
-        entry = by_site.setdefault(id(call.site), (call.site, [], []))
-        entry[1].append(call)
-        entry[2].append(g)
-    return list(by_site.values())
 
 
 def clear(model: nn.Module) -> nn.Module:
