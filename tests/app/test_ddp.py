@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import time
 
 import pytest
@@ -13,21 +12,14 @@ import torch.multiprocessing as mp
 from backprobe.app.cli import main
 from backprobe.app.distributed import shard
 from backprobe.app.training import TrainConfig, train
+from tests._distributed import free_port, torchrun_env
 
 STEPS = 3
 TIMEOUT_S = 240
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    torchrun_env(rank, world, port)
     common = ["train", "--model", "mnist_cnn", "--data", "digits", "--batch-size", "30",
               "--epochs", "1", "--max-steps", str(STEPS), "--ddp", "--no-progress"]
     try:
@@ -48,7 +40,7 @@ def test_shard_splits_global_batch():
 
 
 def test_ddp_two_gloo_processes_match_single_process(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+    ctx = mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=5):

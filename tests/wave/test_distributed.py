@@ -1,7 +1,6 @@
 """Shots sharded over 2 gloo processes give the single-process misfit, gradient and FWI steps."""
 
 import os
-import socket
 import time
 
 import pytest
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 from backprobe.wave.distributed import all_reduce_sum, init_from_env, rank_and_world, shard
 from backprobe.wave.fwi import Misfit, fwi, simulate, surface_survey
 from backprobe.wave.velocity_models import layered, smooth
+from tests._distributed import free_port, torchrun_env
 
 TIMEOUT_S = 240
 SHAPE = (14, 24)
@@ -24,16 +24,8 @@ def _problem():
     return v, survey, simulate(v, survey), smooth(v, 2.0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    torchrun_env(rank, world, port)
     try:
         assert init_from_env("gloo")
         assert rank_and_world() == (rank, world)
@@ -67,7 +59,7 @@ def test_single_process_collectives_are_no_ops():
 
 
 def test_two_gloo_processes_match_single_process(tmp_path):
-    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2,
+    ctx = mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=2):
