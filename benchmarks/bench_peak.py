@@ -99,15 +99,20 @@ def make_optimizer(model: nn.Module, in_backward: bool) -> Any:
     return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
 
-def measure(net: str, name: str, batch: int) -> dict[str, Any]:
-    """Saved bytes, peak and its location for one variant at one batch size."""
+def setup(net: str, name: str,
+          batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, Any, nn.Module]:
+    """A seeded model of one variant, a seeded batch, its optimizer and the loss."""
     build, shape, classes, _, _ = NETWORKS[net]
     torch.manual_seed(0)
     model, inbwd = variant(name, build())
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(2))
-    opt = make_optimizer(model, inbwd)
-    loss_fn = nn.CrossEntropyLoss()
+    return model, x, y, make_optimizer(model, inbwd), nn.CrossEntropyLoss()
+
+
+def measure(net: str, name: str, batch: int) -> dict[str, Any]:
+    """Saved bytes, peak and its location for one variant at one batch size."""
+    model, x, y, opt, loss_fn = setup(net, name, batch)
     saved = backprobe.saved_activation_bytes(model, x, y, loss_fn)
     res = peak_memory(model, x, y, loss_fn, optimizer=opt)
     where = res.where
@@ -138,13 +143,7 @@ def fit_budget(small: dict[str, Any], large: dict[str, Any], budget: int) -> int
 
 def step_fn(net: str, name: str, batch: int) -> Callable[[], None]:
     """A closure running one training step of a variant (for timing)."""
-    build, shape, classes, _, _ = NETWORKS[net]
-    torch.manual_seed(0)
-    model, inbwd = variant(name, build())
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(2))
-    opt = make_optimizer(model, inbwd)
-    loss_fn = nn.CrossEntropyLoss()
+    model, x, y, opt, loss_fn = setup(net, name, batch)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
