@@ -29,6 +29,7 @@ layer by layer, and ``result.where`` names the segment holding the peak.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PeakMemory", "Segment", "peak_memory"]
+__all__ = ["PeakMemory", "Segment", "largest_batch", "peak_memory"]
 
 
 @dataclass
@@ -290,3 +291,40 @@ def peak_memory(
     if x.device.type != "cpu":
         raise ValueError(f"peak_memory: device {x.device} is not supported (cpu or cuda)")
     return _peak_cpu(model, run)
+
+
+def largest_batch(small: tuple[int, int], large: tuple[int, int], budget: int) -> int:
+    """Largest batch whose total memory fits ``budget``, by a linear fit in the batch size.
+
+    The rule used by ``backprobe memory --budget`` and ``benchmarks/bench_peak.py``: the
+    total of a step (weights + optimizer state + input batch + :func:`peak_memory`'s peak)
+    is measured at two batch sizes and taken as ``intercept + slope * batch``. This is an
+    extrapolation: allocator rounding, workspaces and algorithm choices may not scale
+    linearly far from the measured sizes.
+
+    Args:
+        small: ``(batch, total bytes)`` at the smaller batch size.
+        large: ``(batch, total bytes)`` at a strictly larger batch size.
+        budget: bytes available.
+
+    Returns:
+        The largest batch ``b >= 0`` with ``intercept + slope * b <= budget`` (``0`` when even
+        the fixed part does not fit), or ``-1`` when the total does not grow with the batch.
+
+    Raises:
+        ValueError: the batch sizes are not ``0 < small < large``, or ``budget`` is negative.
+
+    Example:
+        >>> largest_batch((8, 1_000), (16, 1_800), 10_000)  # 200 + 100 * b
+        98
+    """
+    (b1, t1), (b2, t2) = small, large
+    if not 0 < b1 < b2:
+        raise ValueError(f"largest_batch: need 0 < small batch < large batch, got {b1}, {b2}")
+    if budget < 0:
+        raise ValueError(f"largest_batch: budget must be >= 0 bytes, got {budget}")
+    slope = (t2 - t1) / (b2 - b1)
+    if slope <= 0:
+        return -1
+    intercept = t1 - slope * b1
+    return max(0, math.floor((budget - intercept) / slope))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +34,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 import backprobe
 from backprobe.app import models as M
-from backprobe.peak import peak_memory
+from backprobe.peak import largest_batch, peak_memory
 
 GIB = 2**30
 
@@ -135,10 +134,7 @@ def fit_budget(small: dict[str, Any], large: dict[str, Any], budget: int) -> int
     def total(r: dict[str, Any]) -> int:
         return 2 * r["weight_bytes"] + r["input_bytes"] + r["peak_bytes"]
 
-    b1, b2 = small["batch"], large["batch"]
-    slope = (total(large) - total(small)) / (b2 - b1)
-    intercept = total(small) - slope * b1
-    return max(0, math.floor((budget - intercept) / slope)) if slope > 0 else -1
+    return largest_batch((small["batch"], total(small)), (large["batch"], total(large)), budget)
 
 
 def step_fn(net: str, name: str, batch: int) -> Callable[[], None]:

@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["CLI_EXTRA", "check_device", "missing_cli_extra", "output_dir", "output_file",
-           "positive", "positive_int", "shape"]
+           "positive", "positive_int", "shape", "size_bytes"]
 
 #: Modules of the ``cli`` extra every ``backprobe`` command may import.
 CLI_EXTRA = ("tqdm", "matplotlib")
@@ -64,6 +66,31 @@ def shape(flag: str, dims: Iterable[int]) -> tuple[int, ...]:
     if bad:
         raise ValueError(f"{flag} dimensions must be positive, got {','.join(map(str, dims))}")
     return dims
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([KMGT]i?B|B)", re.IGNORECASE)
+_UNITS = {"b": 1, **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgt")},
+          **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")}}
+
+
+def size_bytes(flag: str, text: str) -> int:
+    """Parse a memory size such as ``2GiB``, ``512MiB``, ``1.5GB`` or ``100B`` into bytes.
+
+    A number (decimals allowed) followed by a unit: ``B``, decimal ``KB MB GB TB`` (powers of
+    1000) or binary ``KiB MiB GiB TiB`` (powers of 1024), case-insensitive. A bare number
+    is refused, so that a missing unit is never guessed. Fractions of a byte round down.
+
+    Raises:
+        ValueError: ``text`` is not of that form, or the size is zero.
+    """
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"{flag} must be a size with a unit, e.g. 2GiB, 512MiB, 1.5GB; "
+                         f"got {text!r}")
+    value = math.floor(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1 byte, got {text!r}")
+    return value
 
 
 def _nearest_existing(path: Path) -> Path:
