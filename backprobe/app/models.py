@@ -2,12 +2,14 @@
 
 Every builder has the signature ``builder(in_channels, num_classes, image_size, **options)``
 and returns a plain :class:`torch.nn.Module` mapping images ``[B, in_channels, H, W]`` to logits
-``[B, num_classes]``. ``image_size`` is an int (square images) or ``(H, W)``.
+``[B, num_classes]`` (the segmentation :func:`unet`: per-pixel logits
+``[B, num_classes, H, W]``). ``image_size`` is an int (square images) or ``(H, W)``.
 
 Conventions that keep the models easy to convert (e.g. to swap layers for probed ones):
 
 * only ``torch.nn`` modules (Conv2d, Linear, ReLU, MaxPool2d, BatchNorm2d, Dropout, Flatten,
-  AdaptiveAvgPool2d, Sequential); no functional activations;
+  AdaptiveAvgPool2d, ConvTranspose2d, Sequential; :class:`UNet` only concatenates its skip
+  connections); no functional activations;
 * every activation is its own ``nn.ReLU()`` instance (never shared, never in-place), so each
   module is called exactly once per forward pass;
 * flatten sizes are computed with a dummy forward pass, so the builders work for any input
@@ -38,6 +40,8 @@ __all__ = [
     "resnet18",
     "softmax_regression",
     "resnet34",
+    "UNet",
+    "unet",
     "vgg",
     "vgg16",
 ]
@@ -580,6 +584,85 @@ def mlp(
     return nn.Sequential(nn.Flatten(), *_classifier(features, (hidden, hidden), num_classes))
 
 
+def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
+    """``Conv(3x3, pad 1)-ReLU-Conv(3x3, pad 1)-ReLU``."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU())
+
+
+class UNet(nn.Module):
+    """U-Net encoder-decoder with skip connections (Ronneberger et al., 2015), padded convs.
+
+    Encoder level ``i`` (``i = 0 .. depth-1``): a double ``Conv-ReLU`` block with
+    ``base * 2**i`` channels, then ``MaxPool2d(2)``; a bottleneck block with
+    ``base * 2**depth`` channels; each decoder level: ``ConvTranspose2d(2, stride 2)`` halving
+    the channels and doubling the size, concatenation with the encoder output of that level
+    (``[up, skip]`` along channels) and a double ``Conv-ReLU`` block; a final 1x1 conv to
+    ``num_classes``. Shapes: ``[B, in_channels, H, W] -> [B, num_classes, H, W]`` (per-pixel
+    logits, e.g. for ``nn.CrossEntropyLoss`` with labels ``[B, H, W]``).
+
+    Attributes:
+        down: the encoder blocks; ``pools``: their max pools; ``bottleneck``;
+        ups: the transposed convolutions; ``up_blocks``: the decoder blocks; ``head``: 1x1 conv.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int, base: int) -> None:
+        super().__init__()
+        chans = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList(
+            _double_conv(c_in, c) for c_in, c in zip([in_channels, *chans[:depth - 1]],
+                                                     chans[:depth], strict=True))
+        self.pools = nn.ModuleList(nn.MaxPool2d(2) for _ in range(depth))
+        self.bottleneck = _double_conv(chans[depth - 1], chans[depth])
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2)
+                                 for i in reversed(range(depth)))
+        self.up_blocks = nn.ModuleList(_double_conv(2 * chans[i], chans[i])
+                                       for i in reversed(range(depth)))
+        self.head = nn.Conv2d(chans[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_channels, H, W] -> [B, num_classes, H, W]`` logits."""
+        skips = []
+        for block, pool in zip(self.down, self.pools, strict=True):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottleneck(x)
+        for up, block, skip in zip(self.ups, self.up_blocks, reversed(skips), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+def unet(in_channels: int, num_classes: int, image_size: ImageSize = 256, *, depth: int = 3,
+         base: int = 16) -> nn.Module:
+    """A small U-Net for semantic segmentation (per-pixel logits), see :class:`UNet`.
+
+    Args:
+        in_channels: input channels.
+        num_classes: classes per pixel (output channels).
+        image_size: ``H`` (or ``(H, W)``); each must be divisible by ``2**depth``.
+        depth: number of pooling levels (>= 1).
+        base: channels of the first level (doubled per level, >= 1).
+
+    Returns:
+        :class:`UNet`, ``[B, in_channels, H, W] -> [B, num_classes, H, W]``.
+
+    Raises:
+        ValueError: ``depth`` or ``base`` below 1, or a size not divisible by ``2**depth``.
+
+    Example:
+        >>> unet(3, 5, 32)(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 5, 32, 32])
+    """
+    for name, v in (("depth", depth), ("base", base)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"unet: {name} must be a positive integer, got {v!r}")
+    h, w = _hw(image_size)
+    if h % 2**depth or w % 2**depth:
+        raise ValueError(f"unet: image_size {h}x{w} must be divisible by 2**depth = {2**depth}")
+    return UNet(in_channels, num_classes, depth, base)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mnist_cnn": mnist_cnn,
     "lenet5": lenet5,
@@ -589,6 +672,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "softmax_regression": softmax_regression,
     "mlp": mlp,
+    "unet": unet,
 }
 """Model builders by name; each is ``builder(in_channels, num_classes, image_size, **opts)``."""
 
@@ -607,7 +691,8 @@ def build(
         **options: Builder-specific options (``width``, ``dropout``, ``hidden``, ...).
 
     Returns:
-        The model, ``[B, in_channels, H, W] -> [B, num_classes]``.
+        The model, ``[B, in_channels, H, W] -> [B, num_classes]`` (``unet``: per-pixel
+        logits ``[B, num_classes, H, W]``).
 
     Raises:
         ValueError: Unknown name (the message lists the valid ones) or an input size the

@@ -22,6 +22,7 @@ SHAPES = {
     "resnet18": [(1, 8), (3, 32)],
     "softmax_regression": [(1, 8), (1, 28), (3, 32)],
     "mlp": [(1, 8), (1, 28), (3, 32)],
+    "unet": [(1, 8), (3, 32)],
 }
 
 CASES = [(name, c, s) for name, shapes in SHAPES.items() for c, s in shapes]
@@ -40,7 +41,8 @@ def test_logits_shape_and_backward(name, channels, size):
     model = build(name, channels, num_classes, size, **SMALL.get(name, {}))
     x = torch.randn(3, channels, size, size)
     out = model(x)
-    assert out.shape == (3, num_classes)
+    # the segmentation U-Net gives per-pixel logits
+    assert out.shape == ((3, num_classes, size, size) if name == "unet" else (3, num_classes))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     out.logsumexp(1).sum().backward()
     for pname, p in model.named_parameters():
@@ -66,7 +68,9 @@ def test_only_standard_modules_each_called_once(name):
                 )
             )
         else:
-            assert isinstance(module, (nn.Sequential, models.BasicBlock)), type(module)
+            assert isinstance(
+                module, (nn.Sequential, nn.ModuleList, models.BasicBlock, models.UNet)
+            ), type(module)
     model(torch.randn(2, channels, size, size))
     for h in handles:
         h.remove()
@@ -170,3 +174,36 @@ def test_build_names_and_errors():
         build("mnist_cnn", 1, 10, 4)
     with pytest.raises(ValueError, match="image_size"):
         build("mlp", 1, 10, 0)
+
+
+def test_unet_shapes_skips_and_errors():
+    torch.manual_seed(0)
+    model = models.unet(3, 4, (32, 48), depth=3, base=8)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    ups = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(convs) == 2 * 3 + 2 + 2 * 3 + 1 and len(ups) == 3
+    assert [(u.in_channels, u.out_channels, u.stride) for u in ups] == [
+        (64, 32, (2, 2)), (32, 16, (2, 2)), (16, 8, (2, 2))]
+    # decoder blocks take [up, skip] concatenated: twice the level's channels
+    assert [b[0].in_channels for b in model.up_blocks] == [64, 32, 16]
+    assert model.head.kernel_size == (1, 1) and model.head.out_channels == 4
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 3
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x)
+    assert out.shape == (2, 4, 32, 48)
+    y = torch.randint(0, 4, (2, 32, 48), generator=torch.Generator().manual_seed(0))
+    nn.CrossEntropyLoss()(out, y).backward()  # per-pixel labels [N, H, W]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    # padded convs keep positions aligned: a one-pixel change reaches the output at that
+    # pixel and not beyond the network's receptive field (40 pixels away)
+    x2 = x.clone()
+    x2[0, :, 5, 7] += 1.0
+    diff = (model(x2) - out).detach().abs().sum(1)[0]
+    assert diff[5, 7] > 0 and diff[0, 47] == 0
+    assert isinstance(build("unet", 1, 2, 16), models.UNet)
+    with pytest.raises(ValueError, match="divisible"):
+        models.unet(1, 2, 12, depth=3)
+    with pytest.raises(ValueError, match="depth"):
+        models.unet(1, 2, 16, depth=0)
+    with pytest.raises(ValueError, match="base"):
+        models.unet(1, 2, 16, base=0)
