@@ -1,7 +1,8 @@
 """Peak memory of one training step, where it sits, and what fits in a budget.
 
 For each network and variant (exact; ``torch.utils.checkpoint.checkpoint_sequential`` with
-the best of 2/4/8 segments; compact activations only, ``convert(model, Exact())``; probed,
+the best of 2/4/8 segments, or for the U-Net, which is no ``nn.Sequential``, every
+double-conv block checkpointed; compact activations only, ``convert(model, Exact())``; probed,
 ``convert(model, Probe(16))``; and, with ``--in-backward``, probed (plain and
 ``shaping="dct"``) with the optimizer stepping inside backward),
 measures with :func:`backprobe.peak_memory` (CPU: every allocation and free of the step, in
@@ -11,13 +12,17 @@ order; exact for tensor memory, independent of glibc) at two batch sizes:
 * the peak of one SGD-with-momentum step above the step's start (weights, momentum and the
   batch already held), and the segment (phase, layer) holding it;
 * the largest batch whose total (weights + momentum + batch + peak) fits ``--budget``,
-  extrapolated linearly from the two batch sizes;
+  extrapolated linearly from the two batch sizes (:func:`backprobe.peak.largest_batch`);
 * the step time ratio against exact (interleaved rounds, median of per-round ratios).
 
 Usage::
 
     python benchmarks/bench_peak.py --threads 2 --out benchmarks/results
     python benchmarks/bench_peak.py --models mnist_cnn --quick
+    python benchmarks/bench_peak.py --models unet --no-time --in-backward --out results/bench
+
+The U-Net (``unet``: 3x256x256 input, 4 classes, batch 4 and 8) is trained with per-pixel
+cross-entropy, labels ``[N, H, W]``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import _harness as H
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import backprobe
 from backprobe.app import models as M
@@ -59,7 +64,32 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, tuple[i
     "c3d": (lambda: M.c3d(3, 10, 32), (3, 32, 32), 10, (128, 256), 128),
     "vgg11": (lambda: M.vgg(3, 10, 32), (3, 32, 32), 10, (64, 256), 64),
     "resnet18_224": (resnet18_imagenet, (3, 224, 224), 1000, (8, 32), 8),
+    "unet": (lambda: M.unet(3, 4, 256), (3, 256, 256), 4, (4, 8), 8),
 }
+
+#: networks with per-pixel logits ``[N, classes, H, W]``: labels ``[N, H, W]``
+DENSE = {"unet"}
+
+
+class CheckpointedBlocks(nn.Module):
+    """``torch.utils.checkpoint`` around one block (recomputed in backward)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return checkpoint(self.block, x, use_reentrant=False)
+
+
+def checkpoint_blocks(model: nn.Module) -> nn.Module:
+    """Checkpoint every ``nn.Sequential`` block of a non-sequential model (U-Net style)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.Sequential):
+            setattr(model, name, CheckpointedBlocks(child))
+        else:
+            checkpoint_blocks(child)
+    return model
 
 
 class Checkpointed(nn.Module):
@@ -78,6 +108,8 @@ def variant(name: str, base: nn.Module) -> tuple[nn.Module, bool]:
     model = copy.deepcopy(base)
     if name == "exact":
         return model, False
+    if name == "checkpoint:blocks":
+        return checkpoint_blocks(model), False
     if name.startswith("checkpoint"):
         return Checkpointed(model, int(name.split(":")[1])), False  # type: ignore[arg-type]
     if name == "compact":
@@ -105,7 +137,8 @@ def setup(net: str, name: str,
     torch.manual_seed(0)
     model, inbwd = variant(name, build())
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(2))
+    labels = (batch, *shape[1:]) if net in DENSE else (batch,)  # per-pixel: [N, H, W]
+    y = torch.randint(0, classes, labels, generator=torch.Generator().manual_seed(2))
     return model, x, y, make_optimizer(model, inbwd), nn.CrossEntropyLoss()
 
 
@@ -165,15 +198,16 @@ def main() -> None:
         small_b, large_b = NETWORKS[net][3]
         variants = ["exact", "compact", "probe16"] + (
             ["probe16+inbwd", "probe16dct+inbwd"] if args.in_backward else [])
-        # checkpoint: the segment count with the lowest peak at the small batch
+        # checkpoint: the segment count with the lowest peak at the small batch; a model that
+        # is not one nn.Sequential (U-Net) checkpoints each of its Sequential blocks instead
         best: tuple[int, str] | None = None
-        for seg in (2, 4, 8):
+        sequential = isinstance(NETWORKS[net][0](), nn.Sequential)
+        for seg in (2, 4, 8) if sequential else ():
             r = measure(net, f"checkpoint:{seg}", small_b)
             H.progress(f"{net} checkpoint:{seg} b={small_b}: {r['peak_bytes'] / 2**20:.1f} MiB")
             if best is None or r["peak_bytes"] < best[0]:
                 best = (r["peak_bytes"], f"checkpoint:{seg}")
-        assert best is not None
-        variants.insert(1, best[1])
+        variants.insert(1, best[1] if best is not None else "checkpoint:blocks")
         for name in variants:
             small, large = measure(net, name, small_b), measure(net, name, large_b)
             row = {**large, "peak_small_bytes": small["peak_bytes"], "batch_small": small_b,
@@ -184,7 +218,8 @@ def main() -> None:
                        f"{large['peak_layer']}, fits {row['max_batch_in_budget']}")
         if not args.no_time:
             tb = NETWORKS[net][4]
-            fns = {name: step_fn(net, name, tb) for name in variants}
+            fns: dict[str, Callable[[], object]] = {
+                name: step_fn(net, name, tb) for name in variants}
             fns = {"exact" if k == "exact" else k: v for k, v in fns.items()}
             times = H.time_interleaved(fns, repeats=args.repeats, warmup=1, reference="exact",
                                        clock=args.clock)
