@@ -157,18 +157,27 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
+def _labels(net: nn.Module, x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Random class labels for ``net``'s logits: ``[N]``, or ``[N, *spatial]`` per pixel."""
+    with torch.no_grad():
+        out_shape = net(x[:1]).shape
+    return torch.randint(0, num_classes, (x.shape[0], *out_shape[2:]))
+
+
 def _step_peak(model: str, shape: tuple[int, ...], num_classes: int, estimator: str | None,
                seed: int) -> tuple[int, int]:
     """``(peak, weights + optimizer state + batch)`` of one SGD-momentum step, in bytes."""
-    torch.manual_seed(seed)
-    x = torch.randn(shape)
-    y = torch.randint(0, num_classes, (shape[0],))
-    size = shape[2:] if len(shape) > 3 else shape[2]
-    net = models.build(model, shape[1], num_classes, size)  # type: ignore[arg-type]
-    if estimator is not None:
-        net, _ = prepare_model(net, estimator, x)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    res = peak_memory(net, x, y, nn.CrossEntropyLoss(), optimizer=opt)  # warm-up creates state
+    with torch.random.fork_rng(devices=[]):  # seeded, without moving the caller's RNG
+        torch.manual_seed(seed)
+        x = torch.randn(shape)
+        size = shape[2:] if len(shape) > 3 else shape[2]
+        net = models.build(model, shape[1], num_classes, size)  # type: ignore[arg-type]
+        y = _labels(net, x, num_classes)
+        if estimator is not None:
+            net, _ = prepare_model(net, estimator, x)
+        opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+        # peak_memory's warm-up step creates the momentum buffers before the measured step
+        res = peak_memory(net, x, y, nn.CrossEntropyLoss(), optimizer=opt)
     fixed = (sum(p.numel() * p.element_size() for p in net.parameters())
              + _tensor_bytes(list(opt.state.values())) + _tensor_bytes(x) + _tensor_bytes(y))
     return res.peak, fixed
@@ -223,9 +232,9 @@ def memory_report(model: str, input_shape: Sequence[int], num_classes: int, esti
         raise ValueError(f"budget must be a positive number of bytes, got {budget!r}")
     torch.manual_seed(seed)
     x = torch.randn(shape)
-    y = torch.randint(0, num_classes, (shape[0],))
     size = shape[2:] if len(shape) > 3 else shape[2]
     plain = models.build(model, shape[1], num_classes, size)  # type: ignore[arg-type]
+    y = _labels(plain, x, num_classes)
     conv = models.build(model, shape[1], num_classes, size)  # type: ignore[arg-type]
     conv, _ = prepare_model(conv, estimator, x)
     loss = nn.CrossEntropyLoss()

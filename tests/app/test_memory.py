@@ -3,6 +3,7 @@
 import pytest
 
 from backprobe.app import _checks as checks
+from backprobe.app import models
 from backprobe.app.cli import main
 from backprobe.app.memory import memory_report
 from backprobe.peak import largest_batch
@@ -75,3 +76,13 @@ def test_memory_report_without_peak_measures_none():
     assert rep.peaks == {} and "peak of a step" not in str(rep)
     with pytest.raises(ValueError, match="budget"):
         memory_report("mnist_cnn", (2, 1, 8, 8), 10, "probe:4", budget=0)
+
+
+def test_segmentation_model_gets_per_pixel_labels():
+    # per-pixel logits [N, 3, 8, 8]: labels [N] would make CrossEntropyLoss raise
+    rep = memory_report("unet", (2, 1, 8, 8), 3, "probe:4", peak=True)
+    assert rep.exact_total > rep.estimator_total > 0
+    assert rep.peaks["exact"].peak > 0 and rep.peaks["exact"].max_batch is None
+    weights = sum(p.numel() * 4 for p in models.unet(1, 3, 8).parameters())
+    # weights + momentum + x (float32) + y (int64, one label per pixel)
+    assert rep.peaks["exact"].fixed == 2 * weights + 2 * 64 * 4 + 2 * 64 * 8
