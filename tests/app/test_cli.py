@@ -159,10 +159,25 @@ def test_import_backprobe_imports_no_app():
     import subprocess
     import sys
 
-    # torch itself imports tqdm (torch.hub) when it is installed: count only what backprobe adds
-    code = ("import sys, torch; before = set(sys.modules); import backprobe; "
-            "bad = [m for m in set(sys.modules) - before if m.split('.')[0] in "
-            "('matplotlib', 'tqdm', 'sklearn') or m.startswith('backprobe.app')]; print(bad)")
+    # torch itself imports tqdm (torch.hub: `import torch` alone has it in sys.modules when it
+    # is installed). So after importing torch, forget the app's dependencies and refuse any
+    # further import of them: backprobe must import without asking for one.
+    code = """
+import sys, torch
+APP = ("matplotlib", "tqdm", "sklearn")
+for m in [m for m in sys.modules if m.split(".")[0] in APP]:
+    del sys.modules[m]
+asked = []
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in APP or name.startswith("backprobe.app"):
+            asked.append(name)
+            raise ImportError(name)
+        return None
+sys.meta_path.insert(0, Refuse())
+import backprobe
+print(sorted(set(asked)))
+"""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "[]"
