@@ -24,6 +24,8 @@ class Estimator:
     """
 
     natural_layers: tuple[type[nn.Module], ...] = module_types("affine")
+    #: Whether the weight gradient is the exact one (then it may be differentiated again).
+    exact: bool = False
 
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         """Return the tensors to save for the weight gradient and non-tensor metadata."""
@@ -163,15 +165,9 @@ class EstimatedAffineFn(torch.autograd.Function):
         )
         if gw is not None:
             gw = gw.to(weight.dtype)
-            if torch.is_grad_enabled() and not _is_exact(ctx.estimator):
+            if torch.is_grad_enabled() and not ctx.estimator.exact:
                 gw = _FirstOrderOnly.apply(gw, repr(ctx.estimator))
         return gi, gw, gb, None, None
-
-
-def _is_exact(estimator: Estimator) -> bool:
-    from backprobe.estimators.exact import Exact
-
-    return isinstance(estimator, Exact)
 
 
 class _FirstOrderOnly(torch.autograd.Function):

@@ -22,6 +22,8 @@ class Exact(Estimator):
         >>> layer(torch.randn(2, 3, 16, 16)).sum().backward()
     """
 
+    exact = True
+
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         return (x,), None
 
