@@ -107,6 +107,7 @@ class Probe(RandomEstimator):
     """
 
     natural_layers = module_types("affine", shares_weights=True)
+    saves_memory = True
 
     def __init__(
         self, num_probes: int, *, distribution: str = "rademacher", mode: str = "channel",
