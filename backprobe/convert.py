@@ -26,7 +26,7 @@ class LayerEntry:
 
     name: str
     kind: str
-    action: str  # "converted", "compact", "skipped", "exact (fallback)"
+    action: str  # "converted", "compact", "skipped", "exact (fallback)", "exact (held input)"
     reason: str = ""
     exact_numbers: int | None = None
     estimator_numbers: int | None = None
@@ -65,6 +65,7 @@ def convert(
     layers: tuple[type[nn.Module], ...] | None = None,
     skip_first: bool = False,
     compact_activations: bool = True,
+    exact_held_inputs: bool = True,
     example_input: Tensor | None = None,
 ) -> nn.Module:
     """Make ``estimator`` form the weight gradients of a model's layers, in place.
@@ -79,6 +80,12 @@ def convert(
         compact_activations: also swap ``nn.ReLU``/``LeakyReLU`` (1-bit masks) and
             ``nn.MaxPool1d/2d/3d`` (int8 window offsets). Functional ``F.relu`` inside a
             user's ``forward`` cannot be swapped and keeps its full activation.
+        exact_held_inputs: a converted layer whose input has no autograd history and needs
+            no gradient (the data batch, e.g. the first convolution) keeps the exact path
+            when the estimator only saves memory (``Probe``): the training loop holds that
+            batch through the step anyway, so keeping it costs no extra memory and the
+            weight gradient is exact for free. ``False`` probes such layers too. Layers
+            built directly (``backprobe.nn.Conv2d(..., estimator=...)``) always estimate.
         example_input: if given, one forward decides and reports per layer whether the
             estimator keeps fewer numbers than the exact path (it falls back to exact where
             it would not, e.g. probing a 4x4 feature map with 16 probes).
@@ -167,6 +174,7 @@ def convert(
         module.__class__ = new_type
         module.estimator = estimator  # type: ignore[assignment]
         module.last_path = None  # type: ignore[assignment]
+        module.exact_held_inputs = exact_held_inputs  # type: ignore[assignment]
         estimator.attach(module)
     model._backprobe_report = report  # type: ignore[assignment]
     if example_input is not None:
@@ -201,6 +209,9 @@ def _decide(model: nn.Module, x: Tensor, report: ConversionReport) -> None:
         if m.last_path == "exact":
             e.action = "exact (fallback)"
             e.reason = "estimator would keep at least as many numbers as the input"
+        elif m.last_path == "held":
+            e.action = "exact (held input)"
+            e.reason = "its input is the batch the caller holds anyway: exact costs nothing"
 
 
 def report(model: nn.Module) -> ConversionReport:
@@ -240,7 +251,7 @@ def set_estimator(model: nn.Module, estimator: Estimator) -> nn.Module:
 def _revert_module(m: nn.Module) -> None:
     """``m`` back to its torch class (its estimator already detached)."""
     m.__class__ = _UNDO[type(m)]
-    for attr in ("estimator", "last_path"):
+    for attr in ("estimator", "last_path", "exact_held_inputs"):
         m.__dict__.pop(attr, None)
 
 

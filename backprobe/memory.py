@@ -2,7 +2,8 @@
 
 Bytes are counted per underlying storage (a tensor saved twice, or a view of a saved
 tensor, counts once) and parameters/buffers are excluded: what is left is the activation
-memory a training step holds between forward and backward.
+memory a training step holds between forward and backward. :func:`saved_activation_bytes`
+also leaves out the input batch, which its owner holds through the step anyway.
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def saved_activation_bytes(
 ) -> int | dict[str, int]:
     """Bytes of activations kept for backward by one forward (and loss) of ``model``.
 
+    Parameters, buffers and the input batch ``x`` (and ``target``) are not counted: they
+    exist before the step and after it whether autograd keeps them or not.
+
     Args:
         model: the network (parameters and buffers are not counted).
-        x: input batch.
+        x: input batch (not counted where saved).
         target: labels for ``loss_fn``; without both, only the forward is measured.
         loss_fn: e.g. ``nn.CrossEntropyLoss()``.
         per_layer: return ``{leaf module name: bytes}`` (loss and functional ops under ``""``).
@@ -88,7 +92,9 @@ def saved_activation_bytes(
     Returns:
         Total bytes, or the per-layer dict.
     """
-    params = list(model.parameters()) + list(model.buffers())
+    params = list(model.parameters()) + list(model.buffers()) + [x]
+    if target is not None:
+        params.append(target)
     handles = []
     with saved_tensors(params) as log:
         if per_layer:

@@ -167,6 +167,7 @@ def bench_network(
             **describe(k, probes.get(k)),
             "estimator_layers": sum(mod.last_path == "estimator" for mod in layers),
             "exact_fallback_layers": sum(mod.last_path == "exact" for mod in layers),
+            "exact_held_input_layers": sum(mod.last_path == "held" for mod in layers),
             "saved_bytes": nbytes, "memory_reduction": exact_bytes / max(nbytes, 1),
             "step_s": times[k]["median_s"], "step_speedup": times[k]["speedup"],
             "repeats": times[k]["repeats"],
@@ -199,7 +200,8 @@ def saved_bytes_by_type(
         else:
             key = type(m).__name__
             if isinstance(m, EstimatedLayer):
-                key += " (probed)" if m.last_path == "estimator" else " (exact fallback)"
+                key += {"estimator": " (probed)", "held": " (exact, held input)"}.get(
+                    m.last_path or "", " (exact fallback)")
             elif type(m).__module__.startswith("backprobe"):
                 key += " (compact)"
         out[key] = out.get(key, 0) + nbytes

@@ -40,11 +40,15 @@ class LayerCase:
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
     def estimated(self, estimator: Any, dtype: torch.dtype = F64) -> nn.Module:
-        """The module converted in place to its drop-in with ``estimator``."""
+        """The module converted in place to its drop-in with ``estimator``.
+
+        Its input (a plain tensor, like a data batch) is estimated all the same
+        (``exact_held_inputs=False``): these cases test the estimator itself.
+        """
         import backprobe
 
         return backprobe.convert(self.make(dtype), estimator, layers=(self.module_type,),
-                                 compact_activations=False)
+                                 compact_activations=False, exact_held_inputs=False)
 
     def __str__(self) -> str:
         return self.name or self.module_type.__name__

@@ -27,11 +27,34 @@ def test_convert_swaps_in_place_and_reports():
     assert isinstance(model[1], backprobe.nn.ReLU) and isinstance(model[2], backprobe.nn.MaxPool2d)
     rep = backprobe.report(model)
     actions = {e.name: e.action for e in rep.entries}
-    assert actions["0"] == "converted" and actions["3"] == "converted"
+    # the first conv's input is the data batch the caller holds: exact costs nothing extra
+    assert actions["0"] == "exact (held input)" and actions["3"] == "converted"
     # the last conv sees 2x2 maps (4 positions < 8 probes): falls back to exact, and says so
     assert actions["6"] == "exact (fallback)"
-    assert "6" in rep.skipped and "0" in rep.converted
-    assert "Conv2d" in str(rep)
+    assert "6" in rep.skipped and "3" in rep.converted
+    assert "Conv2d" in str(rep) and "held" in str(rep)
+
+
+def test_held_input_layer_is_exact_and_can_be_probed_on_request():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    plain = small_net()
+    nn.functional.cross_entropy(plain(x), y).backward()
+    model = backprobe.convert(small_net(), Probe(2, seed=0))
+    model.load_state_dict(plain.state_dict(), strict=False)
+    nn.functional.cross_entropy(model(x), y).backward()
+    assert model[0].last_path == "held" and model[3].last_path == "estimator"
+    torch.testing.assert_close(model[0].weight.grad, plain[0].weight.grad)
+    assert not torch.allclose(model[3].weight.grad, plain[3].weight.grad)
+    # an input with history (or requiring grad) is probed as before
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x.clone().requires_grad_()), y).backward()
+    assert model[0].last_path == "estimator"
+    # opt out: the first layer is probed on the data batch too
+    probed = backprobe.convert(small_net(), Probe(2, seed=0), exact_held_inputs=False)
+    nn.functional.cross_entropy(probed(x), y).backward()
+    assert probed[0].last_path == "estimator"
+    assert backprobe.revert(probed) is probed and not hasattr(probed[0], "exact_held_inputs")
 
 
 def test_convert_layers_skip_first_and_subclasses():

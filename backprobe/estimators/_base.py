@@ -26,6 +26,9 @@ class Estimator:
     natural_layers: tuple[type[nn.Module], ...] = module_types("affine")
     #: Whether the weight gradient is the exact one (then it may be differentiated again).
     exact: bool = False
+    #: Whether the estimator exists only to keep less memory (so where the layer's input is
+    #: held by its owner anyway, the exact path costs nothing extra; see :func:`choose`).
+    saves_memory: bool = False
 
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         """Return the tensors to save for the weight gradient and non-tensor metadata."""
@@ -105,11 +108,18 @@ class RandomEstimator(Estimator):
 
 def choose(
     estimator: Estimator, op: AffineOp, x: Tensor, module: nn.Module | None = None
-) -> tuple[Estimator, bool]:
-    """The estimator to use for one call: ``estimator`` or the exact fallback.
+) -> tuple[Estimator, str]:
+    """The estimator to use for one call: ``estimator`` or the exact path, and why.
 
-    The one place that decides: an estimator that would keep at least as many numbers as
-    the input for ``x`` (``worthwhile`` is false) gives way to :class:`Exact`.
+    The one place that decides. The exact path is taken
+
+    * ``"exact"``: where the estimator would keep at least as many numbers as the input
+      for ``x`` (``worthwhile`` is false);
+    * ``"held"``: where ``module`` was converted with ``exact_held_inputs=True`` (the
+      default of :func:`backprobe.convert`), the estimator only saves memory
+      (``saves_memory``) and ``x`` has no autograd history and requires no gradient (the
+      data batch: its owner, the training loop, holds it through the step anyway, so
+      keeping it for the exact weight gradient costs no extra memory).
 
     Args:
         estimator: the layer's estimator.
@@ -118,13 +128,20 @@ def choose(
         module: the layer, to bind estimators with per-layer state (``for_module``).
 
     Returns:
-        ``(chosen, fell_back)``: the estimator to use and whether it is the exact fallback.
+        ``(chosen, path)``: the estimator to use and ``"estimator"``, ``"exact"`` or
+        ``"held"``.
     """
+    if (estimator.saves_memory and module is not None
+            and getattr(module, "exact_held_inputs", False)
+            and x.grad_fn is None and not x.requires_grad):
+        from backprobe.estimators.exact import EXACT
+
+        return EXACT, "held"
     if not estimator.worthwhile(op, x):
         from backprobe.estimators.exact import EXACT
 
-        return EXACT, True
-    return (estimator if module is None else estimator.for_module(module)), False
+        return EXACT, "exact"
+    return (estimator if module is None else estimator.for_module(module)), "estimator"
 
 
 class EstimatedAffineFn(torch.autograd.Function):

@@ -73,13 +73,17 @@ class EstimatedLayer(nn.Module):
 
     Attributes:
         estimator: forms the weight gradient.
-        last_path: ``"estimator"`` or ``"exact"``: what the last training forward used
-            (probing falls back to exact for an input where it would keep at least as many
-            numbers as the input itself; see :func:`backprobe.estimators.choose`).
+        last_path: ``"estimator"``, ``"exact"`` or ``"held"``: what the last training
+            forward used (probing falls back to exact for an input where it would keep at
+            least as many numbers as the input itself, and, after ``convert``, for the data
+            batch its owner holds anyway; see :func:`backprobe.estimators.choose`).
+        exact_held_inputs: whether an input without autograd history (the data batch)
+            takes the exact path (``convert`` sets it; ``False`` for a layer built directly).
     """
 
     estimator: Estimator
     last_path: str | None
+    exact_held_inputs: bool = False
 
     def __init__(self, *args: Any, estimator: Estimator | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,8 +115,7 @@ class EstimatedLayer(nn.Module):
             return op.forward(x, weight, bias)
         if exact and plain_autograd():  # torch.func: the same exact gradients, plain ops
             return op.forward(x, weight, bias)
-        est, fell_back = choose(self.estimator, op, x, self)
-        self.last_path = "exact" if fell_back else "estimator"
+        est, self.last_path = choose(self.estimator, op, x, self)
         return estimated_affine(x, weight, bias, op, est)
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:

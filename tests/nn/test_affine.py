@@ -40,10 +40,15 @@ def test_choose_falls_back_to_exact_where_probing_keeps_more():
     layer = backprobe.nn.Conv2d(3, 4, 3, padding=1)
     probe = Probe(16)
     small, big = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 16, 16)
-    est, fell_back = choose(probe, *reversed(bind(layer, small)))
-    assert fell_back and isinstance(est, Exact)
-    est, fell_back = choose(probe, *reversed(bind(layer, big)), module=layer)
-    assert not fell_back and est is probe
+    est, path = choose(probe, *reversed(bind(layer, small)))
+    assert path == "exact" and isinstance(est, Exact)
+    est, path = choose(probe, *reversed(bind(layer, big)), module=layer)
+    assert path == "estimator" and est is probe
+    layer.exact_held_inputs = True  # as convert sets it: the data batch is kept exactly
+    est, path = choose(probe, *reversed(bind(layer, big)), module=layer)
+    assert path == "held" and isinstance(est, Exact)
+    est, path = choose(probe, *reversed(bind(layer, big.requires_grad_())), module=layer)
+    assert path == "estimator" and est is probe
 
 
 def test_conv_transpose_dropin_takes_output_size():

@@ -73,7 +73,8 @@ def test_input_gradient_penalty_double_backward(estimator):
 def test_differentiating_a_probed_weight_gradient_raises():
     _, model = _converted(Probe(2, seed=0))
     w = model[0].weight
-    (gw,) = torch.autograd.grad(model(_x()).square().sum(), w, create_graph=True)
+    x = _x().requires_grad_()  # a data batch (no history) would take the exact path
+    (gw,) = torch.autograd.grad(model(x).square().sum(), w, create_graph=True)
     with pytest.raises(RuntimeError, match="cannot differentiate the weight gradient"):
         gw.sum().backward()
     _, exact = _converted(Exact())  # second derivatives in the weights: exact layers work
