@@ -1,4 +1,4 @@
-"""Estimator spec strings: ``"exact"``, ``"probe:16"``, ``"probe:16:gaussian:joint"``, ...
+"""Estimator spec strings: ``"exact"``, ``"probe:16"``, ``"probe:16:dct:deflate4"``, ...
 
 One function, :func:`parse_estimator`, turns a spec into an estimator; the grammar lives in a
 small table (:data:`SPECS`), one row per estimator family, so adding a family (for example
@@ -12,10 +12,16 @@ Grammar (``:``-separated, case-insensitive)::
                           a mode          channel | joint | ... (probe.MODES)
                           shared          one probe set per batch (per_sample=False)
                           orthogonal      orthonormalised probe blocks
+                          dct             spectrally shaped probes (shaping="dct")
+                          deflateK        with dct: keep the K highest-energy DCT coefficients
+                                          exactly, 0 <= K < R (deflate=K)
 
 Example:
     >>> parse_estimator("probe:16:joint:uniform")
     Probe(16, distribution='uniform', mode='joint', per_sample=True, orthogonal=False)
+    >>> parse_estimator("probe:16:dct:deflate4")
+    Probe(16, distribution='rademacher', mode='channel', per_sample=True, orthogonal=False, \
+shaping='dct', deflate=4, momentum=0.1)
     >>> parse_estimator("exact")
     Exact()
 """
@@ -29,7 +35,7 @@ from typing import Any
 
 from backprobe.app._checks import positive_int
 from backprobe.estimators import Estimator, Exact, Probe
-from backprobe.estimators.probe import DISTRIBUTIONS, MODES
+from backprobe.estimators.probe import DISTRIBUTIONS, MODES, SHAPINGS
 
 __all__ = [
     "SPECS", "SpecFamily", "grammar", "is_exact", "parse_estimator", "parse_list", "register",
@@ -66,7 +72,28 @@ _PROBE_OPTIONS: dict[str, tuple[str, Any]] = {
     **{m: ("mode", m) for m in MODES},
     "shared": ("per_sample", False),
     "orthogonal": ("orthogonal", True),
+    **{str(s): ("shaping", s) for s in SHAPINGS if s is not None},
 }
+_DEFLATE = "deflate"  # deflateK: an option with its count glued on
+
+
+def _probe_option(token: str, r: int) -> tuple[str, Any]:
+    """The ``(keyword, value)`` a probe option token sets; ``r`` bounds ``deflateK``."""
+    if token in _PROBE_OPTIONS:
+        return _PROBE_OPTIONS[token]
+    if token.startswith(_DEFLATE):
+        count = token[len(_DEFLATE):]
+        if not count.isdigit():
+            raise ValueError(
+                f"probe option {token!r}: write deflateK with an integer K >= 0, e.g. deflate4"
+            )
+        k = int(count)
+        if k >= r:
+            raise ValueError(
+                f"probe option {token!r}: deflate K={k} must be below the number of probes R={r}"
+            )
+        return "deflate", k
+    raise ValueError(f"unknown probe option {token!r}")
 
 
 def _build_probe(args: list[str]) -> Estimator:
@@ -75,12 +102,12 @@ def _build_probe(args: list[str]) -> Estimator:
     r = positive_int("the number of probes R", args[0])
     kwargs: dict[str, Any] = {}
     for token in args[1:]:
-        if token not in _PROBE_OPTIONS:
-            raise ValueError(f"unknown probe option {token!r}")
-        key, value = _PROBE_OPTIONS[token]
+        key, value = _probe_option(token, r)
         if key in kwargs:
             raise ValueError(f"probe option {key!r} given twice")
         kwargs[key] = value
+    if kwargs.get("deflate") and "shaping" not in kwargs:
+        raise ValueError("deflateK needs dct (it ranks the running DCT spectrum)")
     return Probe(r, **kwargs)
 
 
@@ -102,7 +129,8 @@ register(SpecFamily(
     "probe", "probe:R[:OPTION...]", _build_probe,
     "R >= 1 probes; OPTIONs in any order, each at most once: a distribution "
     f"({' | '.join(DISTRIBUTIONS)}), a mode ({' | '.join(MODES)}), "
-    "shared (one probe set per batch), orthogonal",
+    "shared (one probe set per batch), orthogonal, dct (spectrally shaped probes), "
+    "deflateK (with dct: keep the K < R highest-energy DCT coefficients exactly)",
 ))
 
 
@@ -120,7 +148,8 @@ def parse_estimator(spec: str) -> Estimator:
     """Build the estimator a spec string names.
 
     Args:
-        spec: e.g. ``"exact"``, ``"probe:16"``, ``"probe:8:gaussian:joint:shared:orthogonal"``.
+        spec: e.g. ``"exact"``, ``"probe:16"``, ``"probe:8:gaussian:joint:shared:orthogonal"``,
+            ``"probe:16:dct:deflate4"``.
 
     Returns:
         A fresh estimator (a ``Probe`` seeds its private generator from the global RNG, so
