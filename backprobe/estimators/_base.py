@@ -168,6 +168,10 @@ class EstimatedAffineFn(torch.autograd.Function):
         ctx.op, ctx.estimator, ctx.input_shape = op, estimator, tuple(x.shape)
         saved: tuple[Tensor, ...] = ()
         ctx.meta = None
+        ctx.replay = None
+        if (estimator.exact and x.grad_fn is None and not x.requires_grad and x.dim() >= 1
+                and output.dim() >= 1 and output.shape[0] == x.shape[0]):
+            ctx.replay = _Replay(op, x, weight, inputs[2])
         if ctx.needs_input_grad[1]:
             with torch.no_grad():
                 saved, ctx.meta = estimator.pack(op, x)
@@ -185,6 +189,38 @@ class EstimatedAffineFn(torch.autograd.Function):
             if torch.is_grad_enabled() and not ctx.estimator.exact:
                 gw = _FirstOrderOnly.apply(gw, repr(ctx.estimator))
         return gi, gw, gb, None, None
+
+
+class _Replay:
+    """Recomputes rows of an affine layer's output from an input its owner holds anyway."""
+
+    def __init__(self, op: AffineOp, x: Tensor, weight: Tensor, bias: Tensor | None) -> None:
+        self.op, self.x, self.weight, self.bias = op, x, weight, bias
+        self.versions = [t._version for t in (x, weight, bias) if t is not None]
+
+    def __call__(self, start: int, stop: int) -> Tensor:
+        if [t._version for t in (self.x, self.weight, self.bias) if t is not None
+                ] != self.versions:
+            raise RuntimeError(
+                "backprobe: the input or parameters of a layer were modified in place between "
+                "forward and backward, so its output cannot be recomputed for the next "
+                "layer's backward (as autograd would refuse a modified saved tensor)"
+            )
+        with torch.no_grad():
+            return self.op.forward(self.x[start:stop], self.weight, self.bias)
+
+
+def replay_source(t: Tensor) -> Any:
+    """A recipe recomputing ``t``, or ``None``; ``recipe(a, b)`` is ``t[a:b]`` (batch rows).
+
+    Offered when ``t`` is the unmodified output of a backprobe affine layer that took the
+    exact path on an input without autograd history (the data batch, held by its owner
+    through the step): a following layer, e.g. BatchNorm, may then keep nothing of ``t`` and
+    recompute it in backward. The recipe raises ``RuntimeError`` if the input, weight or
+    bias was modified in place since.
+    """
+    node = t.grad_fn
+    return getattr(node, "replay", None) if node is not None else None
 
 
 class _FirstOrderOnly(torch.autograd.Function):

@@ -62,3 +62,23 @@ def test_conv_transpose_dropin_takes_output_size():
     for out in outs:
         out.square().sum().backward()
     torch.testing.assert_close(dropin.weight.grad, plain.weight.grad)
+
+
+def test_replay_source_recomputes_rows_of_a_held_input_layer():
+    from backprobe.estimators import replay_source
+
+    torch.manual_seed(0)
+    model = backprobe.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)),
+                              Probe(2, seed=0))
+    x = torch.randn(5, 3, 9, 9, dtype=torch.float64)
+    model.double()
+    y = model[0](x)
+    recipe = replay_source(y)
+    assert recipe is not None and torch.equal(recipe(1, 3), y[1:3].detach())
+    assert replay_source(model[2](model[1](y))) is None  # probed: nothing to replay
+    assert replay_source(y.relu()) is None  # not the layer's output any more
+    assert replay_source(model[0](x.clone().requires_grad_())) is None  # input has history
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        recipe(0, 1)
