@@ -30,7 +30,10 @@ layer by layer, and ``result.where`` names the segment holding the peak.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,6 +202,28 @@ def _peak_cuda(model: nn.Module, run: Callable[[Callable[[str], None]], None],
     return PeakMemory(max(s.peak for s in segs), base, end, str(device), segs)
 
 
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to the null device for the block (C++ log lines).
+
+    Only the profiler's start and stop run inside it, never the measured step, so no
+    warning of the user's code is hidden.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_cpu(model: nn.Module, run: Callable[[Callable[[str], None]], None]) -> PeakMemory:
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -206,8 +231,14 @@ def _peak_cpu(model: nn.Module, run: Callable[[Callable[[str], None]], None]) ->
         with record_function("backprobe.peak\t" + label):
             pass
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():  # Kineto prints a "USDT ... profiler_start" line
+        prof.start()
+    try:
         run(mark)
+    finally:
+        with _quiet_native_stderr():  # ... and "profiler_stop"
+            prof.stop()
     raw = prof.profiler.kineto_results.events()  # type: ignore[union-attr]
     # (time, order, kind, payload): allocations/frees and markers, in time order
     items: list[tuple[int, int, int, Any]] = []
