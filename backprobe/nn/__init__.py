@@ -1,4 +1,4 @@
-"""Drop-in modules: estimated affine layers and compact activations.
+"""Drop-in modules: estimated affine layers, compact activations and lean BatchNorm.
 
 Every class subclasses its torch counterpart (same parameters, same ``state_dict``). The
 affine ones (``Linear``, ``Conv2d``, ...) are generated for every registered affine op.
@@ -17,6 +17,7 @@ from backprobe.nn._compact import (
     pack_bits,
     unpack_bits,
 )
+from backprobe.nn._norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 #: The generated drop-ins by name (``Linear``, ``Conv1d``, ...).
 DROPINS: dict[str, type[EstimatedLayer]] = {t.__name__: t for t in AFFINE_SWAPS.values()}
@@ -28,6 +29,7 @@ def __getattr__(name: str) -> Any:  # for type checkers: the drop-ins are genera
 
 
 __all__ = [
-    "AFFINE_SWAPS", "COMPACT_SWAPS", "DROPINS", "EstimatedLayer", "LeakyReLU", "MaxPool1d",
-    "MaxPool2d", "MaxPool3d", "ReLU", "dropin", "pack_bits", "unpack_bits", *DROPINS,
+    "AFFINE_SWAPS", "COMPACT_SWAPS", "DROPINS", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+    "EstimatedLayer", "LeakyReLU", "MaxPool1d", "MaxPool2d", "MaxPool3d", "ReLU", "dropin",
+    "pack_bits", "unpack_bits", *DROPINS,
 ]

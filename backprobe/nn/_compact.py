@@ -315,8 +315,12 @@ class MaxPool3d(_CompactMaxPool, nn.MaxPool3d):
     _dim = 3
 
 
+# after plain_path and _plain, which _norm imports (backprobe.nn imports this module first)
+from backprobe.nn._norm import BatchNorm1d, BatchNorm2d, BatchNorm3d  # noqa: E402
+
 #: torch type -> compact drop-in type
 COMPACT_SWAPS: dict[type[nn.Module], type[nn.Module]] = {
     nn.ReLU: ReLU, nn.LeakyReLU: LeakyReLU,
     nn.MaxPool1d: MaxPool1d, nn.MaxPool2d: MaxPool2d, nn.MaxPool3d: MaxPool3d,
+    nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d,
 }
