@@ -139,7 +139,7 @@ class _LeanBatchNorm:
     def forward(self: Any, x: Tensor) -> Tensor:
         if not self.training and self.running_mean is not None:
             return super().forward(x)  # type: ignore[misc]  # eval: running statistics
-        if plain_path(x) or x.device.type != "cpu":  # CUDA's kernels allocate once already
+        if plain_path(x) or x.device.type != "cpu" or x.numel() == 0:  # torch's path
             return super().forward(x)  # type: ignore[misc]
         self._check_input_dim(x)
         factor = 0.0 if self.momentum is None else self.momentum
