@@ -3,8 +3,9 @@
 For each network and variant (exact; ``torch.utils.checkpoint.checkpoint_sequential`` with
 the best of 2/4/8 segments, or for the U-Net, which is no ``nn.Sequential``, every
 double-conv block checkpointed; compact activations only, ``convert(model, Exact())``; probed,
-``convert(model, Probe(16))``; and, with ``--in-backward``, probed (plain and
-``shaping="dct"``) with the optimizer stepping inside backward),
+``convert(model, Probe(16))``; and, with ``--in-backward``, probed (plain, ``shaping="dct"``,
+and inside checkpointed blocks: ResNet's basic blocks, U-Net's double convolutions, or the
+best segment count) with the optimizer stepping inside backward),
 measures with :func:`backprobe.peak_memory` (CPU: every allocation and free of the step, in
 order; exact for tensor memory, independent of glibc) at two batch sizes:
 
@@ -18,7 +19,7 @@ order; exact for tensor memory, independent of glibc) at two batch sizes:
 Usage::
 
     python benchmarks/bench_peak.py --threads 2 --out benchmarks/results
-    python benchmarks/bench_peak.py --models mnist_cnn --quick
+    python benchmarks/bench_peak.py --models mnist_cnn --no-time
     python benchmarks/bench_peak.py --models unet --no-time --in-backward --out results/bench
 
 The U-Net (``unet``: 3x256x256 input, 4 classes, batch 4 and 8) is trained with per-pixel
@@ -67,6 +68,9 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int, tuple[i
     "unet": (lambda: M.unet(3, 4, 256), (3, 256, 256), 4, (4, 8), 8),
 }
 
+#: networks checkpointed block by block in the probes-plus-checkpointing variant
+BLOCKS = {"resnet18_224", "unet"}
+
 #: networks with per-pixel logits ``[N, classes, H, W]``: labels ``[N, H, W]``
 DENSE = {"unet"}
 
@@ -83,9 +87,12 @@ class CheckpointedBlocks(nn.Module):
 
 
 def checkpoint_blocks(model: nn.Module) -> nn.Module:
-    """Checkpoint every ``nn.Sequential`` block of a non-sequential model (U-Net style)."""
+    """Checkpoint every block of a non-sequential model: U-Net's ``nn.Sequential`` double
+    convolutions, ResNet's basic blocks."""
     for name, child in list(model.named_children()):
-        if isinstance(child, nn.Sequential):
+        if isinstance(child, nn.Sequential | M.BasicBlock) and model is not child and not (
+                isinstance(child, nn.Sequential) and any(
+                    isinstance(c, M.BasicBlock) for c in child.children())):
             setattr(model, name, CheckpointedBlocks(child))
         else:
             checkpoint_blocks(child)
@@ -104,21 +111,31 @@ class Checkpointed(nn.Module):
 
 
 def variant(name: str, base: nn.Module) -> tuple[nn.Module, bool]:
-    """``(model, in_backward)``: a fresh copy of ``base`` made into variant ``name``."""
+    """``(model, in_backward)``: a fresh copy of ``base`` made into variant ``name``.
+
+    ``name`` is a base variant (``exact``, ``checkpoint:N``, ``checkpoint:blocks``,
+    ``compact``, ``probe16``, ``probe16dct``) with optional ``+ckpt:N`` / ``+ckpt:blocks``
+    (checkpointing on top of the conversion) and ``+inbwd`` (optimizer step in backward).
+    """
+    base_name, *mods = name.split("+")
     model = copy.deepcopy(base)
-    if name == "exact":
-        return model, False
-    if name == "checkpoint:blocks":
-        return checkpoint_blocks(model), False
-    if name.startswith("checkpoint"):
-        return Checkpointed(model, int(name.split(":")[1])), False  # type: ignore[arg-type]
-    if name == "compact":
-        return backprobe.convert(model, backprobe.Exact()), False
-    if name.startswith("probe16"):
-        shaping = "dct" if name.startswith("probe16dct") else None
-        return (backprobe.convert(model, backprobe.Probe(16, seed=0, shaping=shaping)),
-                name.endswith("+inbwd"))
-    raise ValueError(name)
+    if base_name == "compact":
+        backprobe.convert(model, backprobe.Exact())
+    elif base_name.startswith("probe16"):
+        shaping = "dct" if base_name == "probe16dct" else None
+        backprobe.convert(model, backprobe.Probe(16, seed=0, shaping=shaping))
+    elif base_name.startswith("checkpoint"):
+        mods.insert(0, "ckpt:" + base_name.split(":")[1])
+    elif base_name != "exact":
+        raise ValueError(name)
+    for mod in mods:
+        if mod == "ckpt:blocks":
+            model = checkpoint_blocks(model)
+        elif mod.startswith("ckpt:"):
+            model = Checkpointed(model, int(mod.split(":")[1]))  # type: ignore[arg-type]
+        elif mod != "inbwd":
+            raise ValueError(name)
+    return model, "inbwd" in mods
 
 
 def make_optimizer(model: nn.Module, in_backward: bool) -> Any:
@@ -189,7 +206,8 @@ def main() -> None:
         p.add_argument("--repeats", type=int, default=5, help="timed rounds")
         p.add_argument("--no-time", action="store_true", help="skip the step-time ratios")
         p.add_argument("--in-backward", action="store_true",
-                       help="also measure probe16 with the optimizer step inside backward")
+                       help="also measure probe16 with the optimizer step inside backward "
+                       "(plain, shaped, and inside checkpointed blocks)")
 
     args = H.arguments(__doc__, add=add)
     rows: list[dict[str, Any]] = []
@@ -208,6 +226,10 @@ def main() -> None:
             if best is None or r["peak_bytes"] < best[0]:
                 best = (r["peak_bytes"], f"checkpoint:{seg}")
         variants.insert(1, best[1] if best is not None else "checkpoint:blocks")
+        if args.in_backward:  # probes inside checkpointed blocks (ResNet, U-Net) or segments
+            blocks = net in BLOCKS or best is None
+            variants.append("probe16+ckpt:" + (
+                "blocks" if blocks else best[1].split(":")[1]) + "+inbwd")  # type: ignore[index]
         for name in variants:
             small, large = measure(net, name, small_b), measure(net, name, large_b)
             row = {**large, "peak_small_bytes": small["peak_bytes"], "batch_small": small_b,
