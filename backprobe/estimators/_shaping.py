@@ -43,10 +43,10 @@ from torch import Tensor, nn
 
 from backprobe.estimators._base import Estimator
 from backprobe.layers import AffineOp
-from backprobe.linalg._probes import draw_probes, orthonormalise
+from backprobe.layers._base import chunks
 
 if TYPE_CHECKING:
-    from backprobe.estimators.probe import Probe
+    from backprobe.estimators.probe import Probe, Signs
 
 SPECTRUM = "probe_spectrum"
 UPDATES = "probe_spectrum_updates"
@@ -130,70 +130,99 @@ class ShapedProbe(Estimator):
         return lam.pow(-0.25)
 
     def _draw(self, seed: int, rows: int, r: int, q: int, dtype: torch.dtype,
-              device: torch.device) -> tuple[Tensor, Tensor | None]:
+              device: torch.device) -> tuple[Tensor, Signs | None]:
+        from backprobe.estimators.probe import draw
+
         p = self.parent
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-        z = draw_probes((r, q), p.distribution, gen, device, dtype)
-        if p.orthogonal:
-            z = orthonormalise(z)
-        flips = draw_probes((rows, 1, q), "rademacher", gen, device, dtype) if p.per_sample \
-            else None
-        return z, flips
+        return draw(seed, r, rows, q, p.distribution, p.orthogonal, p.per_sample, dtype,
+                    device)
 
     # -- estimator interface -------------------------------------------------------------
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
+        """Sketch (shaped once the layer has a spectrum) and update the running spectrum.
+
+        The DCT coefficients of a chunk of rows at a time (about ``CHUNK_BYTES``) feed both
+        the sketch and the spectrum's batch statistics: no input-sized transform exists.
+        """
         from backprobe.estimators.probe import _compute_dtype
 
         p, module = self.parent, self.module
         cdt = _compute_dtype(x.dtype)
-        xr = op.rows(x).to(cdt)
+        xr = op.rows(x)
         lam_shape = tuple(xr.shape[1:])
         lam: Tensor = module._buffers[SPECTRUM]  # type: ignore[assignment]
         updates: Tensor = module._buffers[UPDATES]  # type: ignore[assignment]
         fresh = tuple(lam.shape) != lam_shape or int(updates) == 0
-        coef = transform(xr)
         if fresh:
             saved, meta = p.pack(op, x)  # plain probes until the first update
             out_meta: Any = ("plain", meta)
+            power = self._power(op, xr, cdt)
         else:
-            saved, out_meta = self._pack_shaped(op, coef, lam, tuple(xr.shape))
-        self._update(coef, lam, updates, fresh)
+            saved, out_meta, power = self._pack_shaped(op, xr, lam, cdt)
+        self._update(power / max(xr.shape[0], 1), lam, updates, fresh)
         return saved, out_meta
 
-    def _pack_shaped(self, op: AffineOp, coef: Tensor, lam: Tensor,
-                     row_shape: tuple[int, ...]) -> tuple[tuple[Tensor, ...], Any]:
+    def _power(self, op: AffineOp, xr: Tensor, cdt: torch.dtype,
+               sink: Any = None) -> Tensor:
+        """``sum_n c_n^2`` (``[*xr.shape[1:]]``) over the rows' DCT coefficients ``c_n``.
+
+        ``sink(sl, coef)``, if given, also receives each chunk's coefficients.
+        """
+        power = torch.zeros(xr.shape[1:], dtype=cdt, device=xr.device)
+        row_bytes = math.prod(xr.shape[1:]) * torch.empty((), dtype=cdt).element_size()
+        for sl in chunks(xr.shape[0], 3 * row_bytes):
+            coef = transform(xr[sl].to(cdt))
+            power += coef.square().sum(0)
+            if sink is not None:
+                sink(sl, coef)
+            del coef
+        return power
+
+    def _pack_shaped(self, op: AffineOp, xr: Tensor, lam: Tensor, cdt: torch.dtype
+                     ) -> tuple[tuple[Tensor, ...], Any, Tensor]:
         p = self.parent
-        cview = p._view(op, coef)
-        b, cv, q = cview.shape
-        d = self._weights(lam, cv, q, cview.dtype)
+        rows = xr.shape[0]
+        _, cv, q = p._view(op, xr[:1]).shape
+        d = self._weights(lam, cv, q, cdt)
         k = min(p.deflate, q)
         r = p.num_probes - k
         seed = p.next_seed()
-        tensors: tuple[Tensor, ...]
+        order: Tensor | None = None
+        d_rest = d
         if k:
-            order = torch.argsort(lam.reshape(cv, q), dim=1, descending=True).to(cview.device)
-            idx = order.unsqueeze(0).expand(b, cv, q)
-            ordered = cview.gather(2, idx)
-            kept, rest = ordered[..., :k].contiguous(), ordered[..., k:]
+            order = torch.argsort(lam.reshape(cv, q), dim=1, descending=True).to(xr.device)
             d_rest = d.gather(1, order)[:, k:]
-        else:
-            order, kept, rest, d_rest = None, None, cview, d
-        sketch = rest.new_zeros(b, cv, 0)
-        if r > 0:
-            z, flips = self._draw(seed, b, r, q - k, cview.dtype, cview.device)
-            y = rest * d_rest
-            sketch = (y if flips is None else y * flips) @ z.mT
-        seed_t = torch.tensor(seed, dtype=torch.int64)
-        tensors = (sketch, seed_t, d_rest)
-        if k:
-            assert kept is not None and order is not None
-            tensors += (kept, order)
-        return tensors, ("shaped", row_shape, tuple(coef.shape), k)
+        z, signs = (self._draw(seed, rows, r, q - k, cdt, xr.device) if r > 0
+                    else (None, None))
+        sketches: list[Tensor] = []
+        kepts: list[Tensor] = []
 
-    def _update(self, coef: Tensor, lam: Tensor, updates: Tensor, fresh: bool) -> None:
+        def sink(sl: slice, coef: Tensor) -> None:
+            cview = p._view(op, coef)
+            rest = cview
+            if order is not None:
+                ordered = cview.gather(2, order.unsqueeze(0).expand(cview.shape[0], cv, q))
+                kepts.append(ordered[..., :k].clone())
+                rest = ordered[..., k:]
+            if z is not None:
+                y = rest * d_rest
+                if signs is not None:
+                    y.mul_(signs.rows(sl, cdt))
+                sketches.append(y @ z.mT)
+            else:
+                sketches.append(rest.new_zeros(rest.shape[0], cv, 0))
+
+        power = self._power(op, xr, cdt, sink)
+        seed_t = torch.tensor(seed, dtype=torch.int64)
+        tensors: tuple[Tensor, ...] = (torch.cat(sketches), seed_t, d_rest)
+        if order is not None:
+            tensors += (torch.cat(kepts), order)
+        return tensors, ("shaped", tuple(xr.shape), tuple(xr.shape), k), power
+
+    def _update(self, batch_power: Tensor, lam: Tensor, updates: Tensor, fresh: bool) -> None:
+        """Fold one batch's mean power ``mean_n c_n^2`` into the running spectrum."""
         with torch.no_grad():
-            batch = coef.detach().square().mean(dim=0).to(torch.float32)
+            batch = batch_power.to(torch.float32)
             if fresh:
                 new = batch
             else:
@@ -204,26 +233,35 @@ class ShapedProbe(Estimator):
                 torch.ones((), dtype=torch.int64, device=updates.device)
 
     def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
+        """``x_hat = Phi D^{-1} (1/r) Z Z^T D Phi^T x``'s weight gradient, a chunk at a time."""
+        from backprobe.estimators.probe import chunked_weight_grad
+
         if meta[0] == "plain":
             return self.parent.weight_grad(op, saved, meta[1], g)
         _, row_shape, coef_shape, k = meta
         sketch, seed_t, d_rest = saved[:3]
         b, cv, r = sketch.shape
-        g = op.rows(g.to(sketch.dtype))
+        g = op.rows(g)
         q_rest = d_rest.shape[1]
-        if r > 0:
-            z, flips = self._draw(int(seed_t), b, r, q_rest, sketch.dtype, g.device)
-            rest = (sketch @ z).div_(r)
-            if flips is not None:
-                rest.mul_(flips)
-            rest.div_(d_rest)
-        else:
-            rest = sketch.new_zeros(b, cv, q_rest)
-        if k:
-            kept, order = saved[3], saved[4]
-            coef = torch.empty(b, cv, k + q_rest, dtype=rest.dtype, device=rest.device)
-            coef.scatter_(2, order.unsqueeze(0).expand(b, cv, -1), torch.cat([kept, rest], 2))
-        else:
-            coef = rest
-        x_hat = transform(coef.reshape(coef_shape), inverse=True)
-        return op.weight_grad(x_hat.reshape(row_shape), g)
+        z, signs = (self._draw(int(seed_t), b, r, q_rest, sketch.dtype, g.device) if r > 0
+                    else (None, None))
+
+        def reconstruct(sl: slice) -> Tensor:
+            if z is not None:
+                rest = (sketch[sl] @ z).div_(r)
+                if signs is not None:
+                    rest.mul_(signs.rows(sl, rest.dtype))
+                rest.div_(d_rest)
+            else:
+                rest = sketch.new_zeros(sl.stop - sl.start, cv, q_rest)
+            if k:
+                kept, order = saved[3], saved[4]
+                coef = torch.empty(rest.shape[0], cv, k + q_rest, dtype=rest.dtype,
+                                   device=rest.device)
+                coef.scatter_(2, order.unsqueeze(0).expand(rest.shape[0], cv, -1),
+                              torch.cat([kept[sl], rest], 2))
+            else:
+                coef = rest
+            return transform(coef.reshape(-1, *coef_shape[1:]), inverse=True)
+
+        return chunked_weight_grad(op, reconstruct, b, row_shape, g, sketch.dtype)

@@ -23,11 +23,60 @@ from torch import Tensor, nn
 from backprobe.estimators import _shaping
 from backprobe.estimators._base import Estimator, RandomEstimator
 from backprobe.layers import AffineOp, module_types
+from backprobe.layers._base import chunks
 from backprobe.linalg._probes import draw_probes, orthonormalise
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")  # of linalg's, those Probe offers
 MODES = ("channel", "joint", "auto")
 SHAPINGS = (None, "dct")
+
+
+class Signs:
+    """Rademacher signs ``[rows, 1, Q]`` kept as packed random bits, unpacked a chunk at a time.
+
+    The same draw as ``draw_probes((rows, 1, Q), "rademacher", generator)`` (it consumes the
+    generator identically: one ``randint`` of ``ceil(rows * Q / 32)`` 32-bit words, bit
+    ``i % 32`` of word ``i // 32`` giving sign ``i``), but held in ``rows * Q / 8`` bytes
+    instead of a float tensor of ``rows * Q`` numbers (in joint mode, the input's size).
+
+    Args:
+        rows: sketched rows ``B``.
+        q: probe domain ``Q``.
+        generator: private generator (on ``device``, or a CPU generator for CPU draws).
+        device: device of the signs.
+    """
+
+    def __init__(self, rows: int, q: int, generator: torch.Generator,
+                 device: torch.device) -> None:
+        n = rows * q
+        self.q = q
+        self.words = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), generator=generator,
+                                   device=device, dtype=torch.int32)
+
+    def rows(self, sl: slice, dtype: torch.dtype) -> Tensor:
+        """The signs of rows ``sl`` (a step-1 slice) as ``[len, 1, Q]`` in ``dtype``."""
+        start, stop = sl.start * self.q, sl.stop * self.q
+        first = start // 32
+        words = self.words[first:(stop + 31) // 32]
+        shifts = torch.arange(32, device=words.device, dtype=torch.int32)
+        bits = ((words.unsqueeze(-1) >> shifts) & 1).reshape(-1)
+        bits = bits[start - 32 * first:stop - 32 * first]
+        return bits.reshape(-1, 1, self.q).to(dtype).mul_(2).sub_(1)
+
+
+def draw(seed: int, num_probes: int, rows: int, q: int, distribution: str, orthogonal: bool,
+         per_sample: bool, dtype: torch.dtype, device: torch.device
+         ) -> tuple[Tensor, Signs | None]:
+    """Probes ``z [num_probes, q]`` and, with ``per_sample``, per-row sign flips.
+
+    The same seed and shapes always give the same draw (forward and backward).
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    z = draw_probes((num_probes, q), distribution, gen, device, dtype)
+    if orthogonal:
+        z = orthonormalise(z)
+    return z, (Signs(rows, q, gen, device) if per_sample else None)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -145,20 +194,13 @@ class Probe(RandomEstimator):
     # -- randomness ----------------------------------------------------------------------
     def _draw(
         self, seed: int, rows: int, domain: int, dtype: torch.dtype, device: torch.device
-    ) -> tuple[Tensor, Tensor | None]:
-        """Probes ``z [r, domain]`` and per-row sign flips ``[rows, domain]`` (or ``None``).
+    ) -> tuple[Tensor, Signs | None]:
+        """Probes ``z [r, domain]`` and per-row sign flips ``[rows, 1, domain]`` (or ``None``).
 
         The same seed and shapes always give the same draw (forward and backward).
         """
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-        z = draw_probes((self.num_probes, domain), self.distribution, gen, device, dtype)
-        if self.orthogonal:
-            z = orthonormalise(z)
-        flips = None
-        if self.per_sample:
-            flips = draw_probes((rows, 1, domain), "rademacher", gen, device, dtype)
-        return z, flips
+        return draw(seed, self.num_probes, rows, domain, self.distribution, self.orthogonal,
+                    self.per_sample, dtype, device)
 
     # -- estimator interface -------------------------------------------------------------
     def _view(self, op: AffineOp, x: Tensor) -> Tensor:
@@ -178,10 +220,11 @@ class Probe(RandomEstimator):
 
     def pack(self, op: AffineOp, x: Tensor) -> tuple[tuple[Tensor, ...], Any]:
         cdt = _compute_dtype(x.dtype)
-        xv = self._view(op, x).to(cdt)
+        xv = self._view(op, x)
+        rows, chans, q = xv.shape
         seed = self.next_seed()
-        z, flips = self._draw(seed, xv.shape[0], xv.shape[2], cdt, x.device)
-        sketch = (xv if flips is None else xv * flips) @ z.mT
+        z, signs = self._draw(seed, rows, q, cdt, x.device)
+        sketch = sketch_rows(xv, z, signs, cdt)
         # The seed travels as a (0-d int64) tensor beside the sketch: under activation
         # checkpointing the recomputed forward refills saved tensors, not ctx attributes,
         # and a fresh sketch must meet its own seed.
@@ -191,29 +234,42 @@ class Probe(RandomEstimator):
     def weight_grad(self, op: AffineOp, saved: tuple[Tensor, ...], meta: Any, g: Tensor) -> Tensor:
         (sketch, seed_t), row_shape = saved, meta
         rows, chans, r = sketch.shape
-        g = op.rows(g.to(sketch.dtype))
-        z, flips = self._draw(int(seed_t), rows, math.prod(row_shape[1:]) // chans,
+        g = op.rows(g)
+        z, signs = self._draw(int(seed_t), rows, math.prod(row_shape[1:]) // chans,
                               sketch.dtype, g.device)
-        if flips is None:
+        if signs is None:
+            g_c = g.to(sketch.dtype)
             if chans > 1:  # channel mode: the op's correlation path, if it has one
-                fast = op.shared_probe_weight_grad(sketch, z, row_shape, g)
+                fast = op.shared_probe_weight_grad(sketch, z, row_shape, g_c)
                 if fast is not None:
                     return fast
             elif r < rows:
-                return self._joint_shared(op, sketch, z, row_shape, g)
-        x_hat = (sketch @ z).div_(r)
-        if flips is not None:
-            x_hat.mul_(flips)
-        return op.weight_grad(x_hat.reshape(row_shape), g)
+                return self._joint_shared(op, sketch, z, row_shape, g_c)
+
+        def reconstruct(sl: slice) -> Tensor:
+            x_hat = (sketch[sl] @ z).div_(r)
+            return x_hat if signs is None else x_hat.mul_(signs.rows(sl, x_hat.dtype))
+
+        return chunked_weight_grad(op, reconstruct, rows, row_shape, g, sketch.dtype)
 
     @staticmethod
     def _joint_shared(
         op: AffineOp, sketch: Tensor, z: Tensor, row_shape: tuple[int, ...], g: Tensor
     ) -> Tensor:
-        """One probe set for the batch: ``dW = (1/r) sum_j corr(sum_n s[n, j] g[n], z_j)``."""
+        """One probe set for the batch: ``dW = (1/r) sum_j corr(sum_n s[n, j] g[n], z_j)``.
+
+        The ``r`` correlations run a chunk of probes at a time (``r < rows`` here, so the
+        mixed gradients ``g_tilde`` are smaller than ``g``).
+        """
         rows, _, r = sketch.shape
         g_tilde = sketch[:, 0, :].mT @ g.reshape(rows, -1)
-        gw = op.weight_grad(z.reshape(r, *row_shape[1:]), g_tilde.reshape(r, *g.shape[1:]))
+        g_tilde = g_tilde.reshape(r, *g.shape[1:])
+        probes = z.reshape(r, *row_shape[1:])
+        gw: Tensor | None = None
+        for sl in chunks(r, z.shape[1] * z.element_size()):
+            part = op.weight_grad(probes[sl], g_tilde[sl])
+            gw = part if gw is None else gw.add_(part)
+        assert gw is not None
         return gw.div_(r)
 
     # -- shaping: per-layer spectrum buffers (backprobe.estimators._shaping) ---------------
@@ -245,3 +301,54 @@ class Probe(RandomEstimator):
             f"Probe({self.num_probes}, distribution={self.distribution!r}, mode={self.mode!r}, "
             f"per_sample={self.per_sample}, orthogonal={self.orthogonal}{shaped})"
         )
+
+
+def sketch_rows(xv: Tensor, z: Tensor, signs: Signs | None, dtype: torch.dtype) -> Tensor:
+    """The sketch ``(d_n * x[n]) @ z^T`` ``[B, C, r]`` of rows ``xv [B, C, Q]``.
+
+    Without signs or a cast this is one matrix product on the input itself; otherwise the
+    flipped (or cast) copy exists only for a chunk of rows at a time.
+    """
+    rows, chans, q = xv.shape
+    zt = z.mT
+    if signs is None and xv.dtype == dtype:
+        return xv @ zt
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    parts = []
+    for sl in chunks(rows, q * (chans * itemsize + 8)):
+        part = xv[sl].to(dtype, copy=True)
+        if signs is not None:
+            part.mul_(signs.rows(sl, dtype))
+        parts.append(part @ zt)  # (not out=: torch.func's wrapped tensors refuse it)
+        del part
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def chunked_weight_grad(
+    op: AffineOp, reconstruct: Any, rows: int, row_shape: tuple[int, ...], g: Tensor,
+    dtype: torch.dtype,
+) -> Tensor:
+    """``sum`` over chunks of rows of ``op.weight_grad(x_hat[chunk], g[chunk])``.
+
+    Args:
+        op: the layer's op.
+        reconstruct: ``slice -> x_hat`` of those rows, ``[len, C, Q]`` (any view of a
+            ``[len, *row_shape[1:]]`` tensor).
+        rows: rows ``B`` (``g``'s first dim, ``g`` already in ``op.rows`` form).
+        row_shape: shape of ``op.rows(x)``.
+        g: the output gradient in ``op.rows`` form.
+        dtype: compute dtype (``g`` is cast a chunk at a time).
+
+    Returns:
+        The weight gradient in the weight's layout. Only one chunk's ``x_hat`` (about
+        ``CHUNK_BYTES``) and the op's workspace for it exist at once.
+    """
+    per_row = math.prod(row_shape[1:]) * torch.empty((), dtype=dtype).element_size()
+    gw: Tensor | None = None
+    for sl in chunks(rows, per_row):
+        x_hat = reconstruct(sl).reshape(-1, *row_shape[1:])
+        part = op.weight_grad(x_hat, g[sl].to(dtype))
+        del x_hat
+        gw = part if gw is None else gw.add_(part)
+    assert gw is not None
+    return gw

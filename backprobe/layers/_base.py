@@ -24,6 +24,33 @@ from torch import Tensor, nn
 #: Kinds of ops: ``"affine"`` (canonical form), ``"norm"``, ``"embedding"``.
 KINDS = ("affine", "norm", "embedding")
 
+#: Bytes of activation-sized temporaries the probed paths allow themselves at once (the
+#: flipped input of a sketch, the reconstruction ``x_hat``, a correlation block): they run
+#: over the batch in chunks of about this many bytes (at least one row per chunk).
+CHUNK_BYTES = 8 * 2**20
+
+
+def chunks(total: int, item_bytes: int, budget: int | None = None) -> list[slice]:
+    """Split ``range(total)`` into consecutive slices of at most ``budget`` bytes each.
+
+    Args:
+        total: number of items (rows, examples, probes).
+        item_bytes: bytes one item's temporaries take.
+        budget: bytes per chunk (default :data:`CHUNK_BYTES`); a chunk holds at least one
+            item whatever its size.
+
+    Returns:
+        Slices covering ``0 .. total`` in order (one empty slice for ``total == 0``, so a
+        loop over them always runs). The split depends only on the arguments, so a
+        forward and its backward chunk alike.
+    """
+    if total <= 0:
+        return [slice(0, 0)]
+    budget = CHUNK_BYTES if budget is None else budget
+    per = max(1, budget // max(1, item_bytes))
+    size = -(-total // -(-total // per))  # as few chunks as the budget allows, evened out
+    return [slice(lo, min(total, lo + size)) for lo in range(0, total, size)]
+
 
 class LayerOp:
     """Base class of every registered op: a frozen dataclass describing one module call."""

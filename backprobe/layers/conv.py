@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from backprobe.layers._base import AffineOp, register_op
+from backprobe.layers._base import AffineOp, chunks, register_op
 
 CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -27,6 +27,45 @@ CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d
 def dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     """A zero-stride tensor of ``shape``: aten reads only its size."""
     return like.new_empty(1).expand(shape)
+
+
+def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
+                  out_shape: Sequence[int]) -> Tensor:
+    """``fn(x)`` for a batch-wise ``fn``, evaluated a chunk of examples at a time into one output.
+
+    oneDNN's CPU convolution reorders its input into a blocked layout and writes a blocked
+    output before the plain one: for a whole batch these transients are as large as the
+    input and the output themselves, and they set the peak of many steps. On chunks of about
+    ``CHUNK_BYTES`` (input plus output) they stay small; the result is the same. Plain call
+    wherever chunking could not help or is not allowed: one chunk would do, not on CPU, a
+    non-contiguous input (keeps its memory format), autograd recording (grad mode on), a
+    ``torch.func`` transform or ``torch.compile``.
+
+    Args:
+        fn: maps ``x[a:b]`` to rows ``a:b`` of the result.
+        x: input ``[N, ...]``.
+        out_shape: shape of ``fn(x)``.
+
+    Returns:
+        ``fn(x)``.
+    """
+    if torch.compiler.is_compiling():  # the compiler plans memory itself
+        return fn(x)
+    n = out_shape[0]
+    row_bytes = (math.prod(x.shape[1:]) + math.prod(out_shape[1:])) * x.element_size()
+    parts = chunks(n, row_bytes)
+    if (len(parts) < 2 or x.device.type != "cpu" or not x.is_contiguous()
+            or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()):
+        return fn(x)
+    out: Tensor | None = None
+    for sl in parts:
+        part = fn(x[sl])
+        if out is None:
+            out = part.new_empty(tuple(out_shape))
+        out[sl] = part
+        del part
+    assert out is not None
+    return out
 
 
 def pad_list(before: Sequence[int], after: Sequence[int] | None = None) -> list[int]:
@@ -166,10 +205,22 @@ class ConvOp(ConvFamilyOp):
     def prepare(self, x: Tensor) -> Tensor:
         return F.pad(x, list(self.pre_pad), mode=self.pad_mode) if self.pre_pad else x
 
+    def output_sizes(self, sizes: Sequence[int]) -> list[int]:
+        """Spatial output sizes for (already prepared) input sizes."""
+        geometry = zip(sizes, self.stride, self.padding, self.dilation, self.kernel_size)
+        return [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, s, p, d, k in geometry]
+
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return CONV_FN[self.dim](
-            x, weight, bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        """The convolution, in chunks of examples on CPU (see :func:`batch_chunked`)."""
+        def conv(xc: Tensor) -> Tensor:
+            return CONV_FN[self.dim](
+                xc, weight, bias, self.stride, self.padding, self.dilation, self.groups
+            )
+
+        if x.dim() != self.dim + 2:  # unbatched input: torch's own handling
+            return conv(x)
+        out_shape = (x.shape[0], weight.shape[0], *self.output_sizes(x.shape[2:]))
+        return batch_chunked(conv, x, out_shape)
 
     def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
         """The input gradient as a transposed convolution; needs no input tensor.
@@ -180,10 +231,15 @@ class ConvOp(ConvFamilyOp):
         geometry = zip(input_shape[2:], g.shape[2:], self.stride, self.padding, self.dilation,
                        self.kernel_size)
         out_pad = [i - ((o - 1) * s - 2 * p + d * (k - 1) + 1) for i, o, s, p, d, k in geometry]
-        return CONV_T_FN[self.dim](
-            g, weight.to(g.dtype), None, self.stride, self.padding, out_pad, self.groups,
-            self.dilation,
-        )
+        w = weight.to(g.dtype)
+
+        def conv_t(gc: Tensor) -> Tensor:
+            return CONV_T_FN[self.dim](gc, w, None, self.stride, self.padding, out_pad,
+                                       self.groups, self.dilation)
+
+        if g.dim() != self.dim + 2:
+            return conv_t(g)
+        return batch_chunked(conv_t, g, (g.shape[0], *input_shape[1:]))
 
     def canonical_input(self, x: Tensor) -> Tensor:
         # Unfold with a one-hot kernel: output channel c*K + k copies channel c at offset k.
@@ -315,16 +371,21 @@ class ConvOp(ConvFamilyOp):
         """``H[n, o, j, k] = corr(g[n, o], z_j)[k]`` as one convolution backward.
 
         Probes are the input channels of a batch-1 convolution whose output channels are
-        ``(n, o)``; then ``dW = (1/r) s . H``. Worth it while ``r <= C_in / groups``.
+        ``(n, o)``; then ``dW = (1/r) s . H``. Worth it while ``r <= C_in / groups``. ``H``
+        is formed for a chunk of examples at a time (about ``CHUNK_BYTES`` each), so its
+        size stays bounded whatever the batch.
         """
         n, c_in, r = sketch.shape
         if r > row_shape[1] // self.groups:
             return None
         c_out, out_sp = g.shape[1], g.shape[2:]
-        gk = g.reshape(1, n * c_out, *out_sp)
-        h = self.weight_grad(z.reshape(1, r, *row_shape[2:]), gk, groups=1)
-        h = h.reshape(n, c_out, r, self.kernel_numel)
-        full = torch.einsum("nij,nojk->oik", sketch, h).div_(r)
+        probes = z.reshape(1, r, *row_shape[2:])
+        full = sketch.new_zeros(c_out, c_in, self.kernel_numel)
+        for sl in chunks(n, c_out * r * self.kernel_numel * sketch.element_size()):
+            gk = g[sl].reshape(1, -1, *out_sp)
+            h = self.weight_grad(probes, gk, groups=1).reshape(-1, c_out, r, self.kernel_numel)
+            full += torch.einsum("nij,nojk->oik", sketch[sl], h)
+        full.div_(r)
         return self.weight_from_matrix(full.reshape(c_out, c_in * self.kernel_numel))
 
 

@@ -13,6 +13,7 @@ correlation of the output gradient with the input, which aten's convolution back
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from backprobe.layers._base import AffineOp, register_op
-from backprobe.layers.conv import CONV_FN, CONV_T_FN, ConvFamilyOp
+from backprobe.layers.conv import CONV_FN, CONV_T_FN, ConvFamilyOp, batch_chunked
 
 
 @register_op(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -51,20 +52,40 @@ class ConvTransposeOp(ConvFamilyOp):
         )
         return replace(self, output_padding=tuple(int(p) for p in pad))
 
+    def output_sizes(self, sizes: Sequence[int]) -> list[int]:
+        """Spatial output sizes for input sizes ``sizes``."""
+        geometry = zip(sizes, self.stride, self.padding, self.dilation, self.kernel_size,
+                       self.output_padding)
+        return [(i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, s, p, d, k, op in geometry]
+
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return CONV_T_FN[self.dim](x, weight, bias, self.stride, self.padding,
-                                   self.output_padding, self.groups, self.dilation)
+        """The transposed convolution, in chunks of examples on CPU (``batch_chunked``)."""
+        def conv_t(xc: Tensor) -> Tensor:
+            return CONV_T_FN[self.dim](xc, weight, bias, self.stride, self.padding,
+                                       self.output_padding, self.groups, self.dilation)
+
+        if x.dim() != self.dim + 2:  # unbatched input: torch's own handling
+            return conv_t(x)
+        out_shape = (x.shape[0], weight.shape[1] * self.groups, *self.output_sizes(x.shape[2:]))
+        return batch_chunked(conv_t, x, out_shape)
 
     def aten_output_padding(self) -> list[int]:
         return list(self.output_padding)
 
     def input_grad(self, g: Tensor, weight: Tensor, input_shape: tuple[int, ...]) -> Tensor:
         """The adjoint is a plain convolution; trim what ``output_padding`` adds."""
-        gi = CONV_FN[self.dim](g, weight.to(g.dtype), None, self.stride, self.padding,
-                               self.dilation, self.groups)
-        for d, size in enumerate(input_shape[2:], start=2):
-            gi = gi.narrow(d, 0, size)
-        return gi
+        w = weight.to(g.dtype)
+
+        def conv(gc: Tensor) -> Tensor:
+            gi = CONV_FN[self.dim](gc, w, None, self.stride, self.padding, self.dilation,
+                                   self.groups)
+            for d, size in enumerate(input_shape[2:], start=2):
+                gi = gi.narrow(d, 0, size)
+            return gi
+
+        if g.dim() != self.dim + 2:
+            return conv(g)
+        return batch_chunked(conv, g, (g.shape[0], *input_shape[1:]))
 
     def canonical_input(self, x: Tensor) -> Tensor:
         # Scatter with a one-hot kernel: output channel c*K + k receives channel c via offset k.
