@@ -23,6 +23,13 @@ budget counted by allocation events as :func:`backprobe.peak_memory` does) pays 
 The price is time: ``dx`` takes two passes over each cache-sized chunk (``b x + d`` by
 torch's eval-mode BatchNorm kernel, then ``+= a dy``) where torch's kernel takes one. Other
 devices take torch's path unchanged.
+
+What saves resident memory too: where the input is the output of a backprobe layer that
+took the exact path on the data batch (the caller holds that batch through the step, e.g.
+ResNet's stem convolution), :func:`backprobe.estimators.replay_source` offers a recipe for
+its rows. The BatchNorm then keeps the recipe instead of the input, and backward recomputes
+the input a chunk of examples at a time: one activation fewer held from forward to the end
+of backward, for one extra forward of that layer.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from backprobe.estimators import replay_source
 from backprobe.nn._compact import _plain, plain_path
 
 _CHUNK = 1 << 20  # elements per chunk of the input-gradient pass (cache-sized)
@@ -62,23 +70,31 @@ def _differentiable_grads(g: Tensor, x: Tensor, weight: Tensor | None,
     return dx, dw, db
 
 
-def _input_grad(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
-                dw: Tensor, db: Tensor) -> Tensor:
-    """``dx = a * g + b * x + d`` per channel, written chunk by chunk into one fresh tensor.
+def _coefficients(weight: Tensor | None, mean: Tensor, invstd: Tensor, dw: Tensor, db: Tensor,
+                  count: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel ``(a, b, d)`` of ``dx = a * dy + b * x + d``, each ``[C]``.
 
     ``a = w * invstd``, ``b = -a * k`` and ``d = a * (k * mean - db / M)`` with
     ``k = dw * invstd / M``: the closed form above with the sums ``dw``, ``db`` given.
     """
-    count = x.numel() // x.shape[1]
     a = invstd if weight is None else invstd * weight
     k = dw * invstd / count
-    b = -a * k
-    d = a * (k * mean - db / count)
-    b, d = b.to(x.dtype), d.to(x.dtype)
-    a = _channel_view(a.to(x.dtype), x.dim())
+    return a.to(dtype), (-a * k).to(dtype), (a * (k * mean - db / count)).to(dtype)
+
+
+def _rows(t: Tensor, scale: int = 1) -> int:
+    """Examples per chunk so that a chunk of ``t`` has about ``scale * _CHUNK`` elements."""
+    return max(1, scale * _CHUNK // max(1, t[0].numel())) if t.shape[0] else 1
+
+
+def _input_grad(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
+                dw: Tensor, db: Tensor) -> Tensor:
+    """``dx = a * g + b * x + d`` per channel, written chunk by chunk into one fresh tensor."""
+    a, b, d = _coefficients(weight, mean, invstd, dw, db, x.numel() // x.shape[1], x.dtype)
+    a = _channel_view(a, x.dim())
     zeros, ones, empty = b.new_zeros(b.shape), b.new_ones(b.shape), b.new_empty(0)
     out = torch.empty_like(x)
-    step = max(1, _CHUNK // max(1, x[0].numel())) if x.shape[0] else 1
+    step = _rows(x)
     for i in range(0, x.shape[0], step):
         o = out[i:i + step]
         # b x + d by torch's eval-mode BatchNorm kernel (mean 0, variance 1, eps 0: the
@@ -89,18 +105,57 @@ def _input_grad(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invst
     return out
 
 
+def _replayed_grads(g: Tensor, replay: Any, like: Tensor, weight: Tensor | None, mean: Tensor,
+                    invstd: Tensor, need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
+    """``(dx, dw, db)`` with the input recomputed by ``replay`` a chunk of examples at a time.
+
+    The first pass recomputes each chunk, adds its per-channel sums and parks it in the
+    result; the second turns the result into ``dx`` in place. Nothing activation-sized
+    exists but the result.
+    """
+    out = torch.empty_like(like, device=g.device) if need_x else None
+    dw = db = None
+    step = _rows(g)  # recompute a chunk of examples at a time
+    for i in range(0, g.shape[0], step):
+        xc = replay(i, i + step)
+        _, cw, cb = torch.ops.aten.native_batch_norm_backward(
+            g[i:i + step], xc, None, None, None, mean, invstd, True, 0.0, [False, True, True])
+        dw, db = (cw, cb) if dw is None else (dw + cw, db + cb)
+        if out is not None:
+            out[i:i + step] = xc
+    assert dw is not None and db is not None  # the batch is not empty (forward's check)
+    if out is not None:
+        a, b, d = _coefficients(weight, mean, invstd, dw, db, out.numel() // out.shape[1],
+                                out.dtype)
+        a, b, d = (_channel_view(t, out.dim()) for t in (a, b, d))
+        for i in range(0, out.shape[0], _rows(out)):
+            o = out[i:i + _rows(out)]
+            torch.addcmul(d, o, b, out=o)  # in place: x -> b x + d -> + a g
+            o.addcmul_(g[i:i + _rows(out)], a)
+    return out, dw, db
+
+
+def _replay_with_graph(replay: Any) -> Tensor:
+    """The replayed input as a differentiable function of its layer's weight and bias."""
+    replay(0, 0)  # raises if the layer's input or parameters were modified in place
+    return replay.op.forward(replay.x, replay.weight, replay.bias)
+
+
 class BatchNormFn(torch.autograd.Function):
     """Training-mode batch normalisation (torch's forward) with a lean backward.
 
     Forward: ``torch.native_batch_norm`` (what ``F.batch_norm`` runs on CPU), which also
     updates the running statistics in place when given. Saves the input, the weight and the
-    per-channel mean and inverse standard deviation, as torch does.
+    per-channel mean and inverse standard deviation, as torch does; but where the input is
+    the output of a backprobe layer that can recompute it from the data batch
+    (:func:`backprobe.estimators.replay_source`), it keeps the recipe instead of the input.
 
     Backward: the per-channel sums from ``native_batch_norm_backward`` without its
     ``grad_input`` (one read of ``x`` and ``dy``, no activation-sized allocation), then
-    :func:`_input_grad`. Under ``create_graph`` it uses a formula of plain torch ops instead,
-    so higher derivatives exist. Input, weight or output gradient in a dtype other than the
-    weight's (mixed precision) go through torch's own backward.
+    :func:`_input_grad` (or :func:`_replayed_grads`). Under ``create_graph`` it uses a
+    formula of plain torch ops instead, so higher derivatives exist. Input, weight or output
+    gradient in a dtype other than float32/float64 or the weight's (mixed precision) go
+    through torch's own backward.
     """
 
     @staticmethod
@@ -110,20 +165,33 @@ class BatchNormFn(torch.autograd.Function):
         out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
                                                     True, momentum, eps)
         ctx.eps = eps
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.replay = replay_source(x)
+        if ctx.replay is None:
+            ctx.save_for_backward(x, weight, mean, invstd)
+        else:  # keep the recipe, a meta twin for shape, dtype and strides
+            ctx.like = torch.empty_like(x, device="meta")
+            ctx.save_for_backward(weight, mean, invstd)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight, mean, invstd = ctx.saved_tensors
+        if ctx.replay is None:
+            x, weight, mean, invstd = ctx.saved_tensors
+        else:
+            x, (weight, mean, invstd) = None, ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype = ctx.like.dtype if x is None else x.dtype
         dx = dw = db = None
         if torch.is_grad_enabled():  # double backward: differentiable plain ops
+            x = _replay_with_graph(ctx.replay) if x is None else x
             dx, dw, db = _differentiable_grads(g, x, weight, ctx.eps)
-        elif g.dtype != x.dtype or x.dtype not in (torch.float32, torch.float64) or (
-                weight is not None and weight.dtype != x.dtype):
+        elif g.dtype != dtype or dtype not in (torch.float32, torch.float64) or (
+                weight is not None and weight.dtype != dtype):
+            x = ctx.replay(0, g.shape[0]) if x is None else x
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 g, x, weight, None, None, mean, invstd, True, ctx.eps, [need_x, need_w, need_b])
+        elif x is None:
+            dx, dw, db = _replayed_grads(g, ctx.replay, ctx.like, weight, mean, invstd, need_x)
         else:
             _, dw, db = torch.ops.aten.native_batch_norm_backward(
                 g, x, None, None, None, mean, invstd, True, ctx.eps, [False, True, True])

@@ -240,3 +240,47 @@ def test_quantities_see_a_lean_batchnorm_as_batchnorm():
     lean.train()
     with pytest.raises(ValueError, match="train mode"):
         NormOp.bind(lean, x)
+
+
+def _conv_bn() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
+                          nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).double()
+    return plain, backprobe.convert(copy.deepcopy(plain), backprobe.Exact())
+
+
+def test_batchnorm_after_a_layer_on_the_data_batch_recomputes_its_input():
+    """The first conv sees the data batch (held by the caller): the BatchNorm after it keeps
+    no input and recomputes it in backward; gradients and second derivatives stay exact."""
+    plain, model = _conv_bn()
+    x = torch.randn(5, 3, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(1))
+    assert model[1](model[0](x)).grad_fn.replay is not None
+    assert model[4](model[3](model[2](model[1](model[0](x))))).grad_fn.replay is None
+    with backprobe.saved_tensors() as lean_log:
+        model(x)
+    with backprobe.saved_tensors() as plain_log:
+        plain(x)
+    assert plain_log.bytes - lean_log.bytes >= 5 * 4 * 6 * 6 * 8  # the first conv's output
+    grads = []
+    for net in (plain, model):
+        net(x).square().sum().backward()
+        grads.append([p.grad for p in net.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    second = []
+    for net in (plain, model):  # gradient-norm penalty: through the replay, differentiably
+        net.zero_grad()
+        gs = torch.autograd.grad(net(x).square().sum(), list(net.parameters()), create_graph=True)
+        sum(g.square().sum() for g in gs).backward()
+        second.append([p.grad for p in net.parameters()])
+    for a, b in zip(*second):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_replayed_input_modified_in_place_raises():
+    _, model = _conv_bn()
+    x = torch.randn(5, 3, 8, 8, dtype=F64)
+    out = model(x)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        out.sum().backward()
