@@ -172,9 +172,11 @@ class ShapedProbe(Estimator):
         row_bytes = math.prod(xr.shape[1:]) * torch.empty((), dtype=cdt).element_size()
         for sl in chunks(xr.shape[0], 3 * row_bytes):
             coef = transform(xr[sl].to(cdt))
-            power += coef.square().sum(0)
             if sink is not None:
-                sink(sl, coef)
+                sink(sl, coef)  # keeps nothing of coef
+            # a transform's result is fresh and may be squared in place; a Linear's rows are
+            # the layer input itself
+            power += (coef.square_() if coef.dim() > 2 else coef.square()).sum(0)
             del coef
         return power
 

@@ -38,8 +38,9 @@ def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
     input and the output themselves, and they set the peak of many steps. On chunks of about
     ``CHUNK_BYTES`` (input plus output) they stay small; the result is the same. Plain call
     wherever chunking could not help or is not allowed: one chunk would do, not on CPU, a
-    non-contiguous input (keeps its memory format), autograd recording (grad mode on), a
-    ``torch.func`` transform or ``torch.compile``.
+    channels-last input (the plain call keeps its memory format; the chunked output is
+    contiguous), autograd recording (grad mode on), a ``torch.func`` transform or
+    ``torch.compile``.
 
     Args:
         fn: maps ``x[a:b]`` to rows ``a:b`` of the result.
@@ -54,7 +55,7 @@ def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
     n = out_shape[0]
     row_bytes = (math.prod(x.shape[1:]) + math.prod(out_shape[1:])) * x.element_size()
     parts = chunks(n, row_bytes)
-    if (len(parts) < 2 or x.device.type != "cpu" or not x.is_contiguous()
+    if (len(parts) < 2 or x.device.type != "cpu" or _channels_last(x)
             or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()):
         return fn(x)
     out: Tensor | None = None
@@ -66,6 +67,13 @@ def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
         del part
     assert out is not None
     return out
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is laid out channels-last (and not also contiguous)."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return (x.dim() in formats and not x.is_contiguous()
+            and x.is_contiguous(memory_format=formats[x.dim()]))
 
 
 def pad_list(before: Sequence[int], after: Sequence[int] | None = None) -> list[int]:
