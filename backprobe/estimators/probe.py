@@ -120,7 +120,14 @@ class Probe(RandomEstimator):
 
     Compute: with shared probes backward evaluates all correlations as one convolution
     backward of cost ``r/C`` of the exact one (channel mode, ``r <= C``) or ``r/N`` (joint
-    mode, ``r < N``); otherwise it costs one exact weight gradient on ``x_hat``.
+    mode, ``r < N``); with per-example probes in channel mode (``r < C``, one group) as one
+    grouped convolution backward over the examples' probe images, again ``r/C`` of the
+    exact cost; otherwise it costs one exact weight gradient on ``x_hat``.
+
+    Memory beyond the sketch: forward and backward run over the batch in chunks of about
+    ``backprobe.layers._base.CHUNK_BYTES`` (8 MiB), so the flipped input, the probe images
+    and the reconstruction ``x_hat`` exist only a chunk at a time; the per-example sign
+    flips are kept as packed bits (``rows * Q / 8`` bytes) for the duration of a call.
 
     Args:
         num_probes: probes ``r`` per sketch (>= 1).
@@ -245,6 +252,15 @@ class Probe(RandomEstimator):
                     return fast
             elif r < rows:
                 return self._joint_shared(op, sketch, z, row_shape, g_c)
+
+        elif chans > 1:  # per-example probes: correlations with the probe images
+            def probes(sl: slice) -> Tensor:
+                assert signs is not None
+                return signs.rows(sl, z.dtype) * z
+
+            fast = op.per_example_probe_weight_grad(sketch, probes, row_shape, g)
+            if fast is not None:
+                return fast
 
         def reconstruct(sl: slice) -> Tensor:
             x_hat = (sketch[sl] @ z).div_(r)

@@ -219,6 +219,19 @@ class AffineOp(LayerOp):
         return None
 
 
+    def per_example_probe_weight_grad(
+        self, sketch: Tensor, probes: Callable[[slice], Tensor], row_shape: tuple[int, ...],
+        g: Tensor,
+    ) -> Tensor | None:
+        """Channel-mode probed weight gradient for per-example probes, or ``None``.
+
+        ``sketch`` ``[N, C, r]`` holds ``<x[n, c], z_nj>``, ``probes(slice)`` gives the
+        probes ``[len, r, Q]`` of those examples; returns
+        ``(1/r) sum_{n,j} sketch[n, :, j] corr(g[n], z_nj)`` in the weight's layout.
+        """
+        return None
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """One registration: an op class and the module types it describes.

@@ -397,6 +397,44 @@ class ConvOp(ConvFamilyOp):
         return self.weight_from_matrix(full.reshape(c_out, c_in * self.kernel_numel))
 
 
+    def per_example_probe_weight_grad(
+        self, sketch: Tensor, probes: Callable[[slice], Tensor], row_shape: tuple[int, ...],
+        g: Tensor,
+    ) -> Tensor | None:
+        """Channel-mode probed weight gradient for per-example probes, or ``None``.
+
+        ``H[n, o, j, k] = corr(g[n, o], z_nj)[k]`` for every example at once is one
+        convolution backward with ``groups = N``: example ``n``'s ``r`` probe images are the
+        input channels of group ``n``, its output gradient the output channels. Then
+        ``dW = (1/r) sum_{n,j} s[n, :, j] H[n, :, j]``: the reconstruction ``x_hat`` never
+        exists and the correlations cost ``r / C_in`` of the exact weight gradient. One
+        group only, and only while ``r < C_in`` (otherwise the reconstruction is cheaper);
+        runs over chunks of examples of about ``CHUNK_BYTES`` (probe images and ``H``).
+
+        Args:
+            sketch: ``[N, C_in, r]``, ``<x[n, c], z_nj>``.
+            probes: ``slice -> [len, r, Q]``, the probes of those examples.
+            row_shape: the input's shape.
+            g: output gradient ``[N, C_out, *out]``.
+        """
+        n, c_in, r = sketch.shape
+        if self.groups != 1 or r >= c_in or g.dim() != self.dim + 2:
+            return None
+        c_out, out_sp, k = g.shape[1], g.shape[2:], self.kernel_numel
+        spatial = tuple(row_shape[2:])
+        full = sketch.new_zeros(c_out, c_in, k)
+        item = (r * math.prod(spatial) + c_out * r * k) * sketch.element_size()
+        for sl in chunks(n, item):
+            m = sl.stop - sl.start
+            images = probes(sl).reshape(1, m * r, *spatial)
+            gk = g[sl].to(sketch.dtype).reshape(1, m * c_out, *out_sp)
+            h = self.weight_grad(images, gk, groups=m).reshape(m, c_out, r, k)
+            del images, gk
+            full += torch.einsum("nij,nojk->oik", sketch[sl], h)
+        full.div_(r)
+        return self.weight_from_matrix(full.reshape(c_out, c_in * k))
+
+
 def bind_conv(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
     """Describe a ``nn.ConvNd`` applied to ``x`` (same as ``ConvOp.bind``)."""
     return ConvOp.bind(module, x)
