@@ -207,7 +207,8 @@ class _LeanBatchNorm:
     def forward(self: Any, x: Tensor) -> Tensor:
         if not self.training and self.running_mean is not None:
             return super().forward(x)  # type: ignore[misc]  # eval: running statistics
-        if plain_path(x) or x.device.type != "cpu" or x.numel() == 0:  # torch's path
+        if plain_path(x) or x.device.type != "cpu" or x.numel() == 0:  # torch's path (the
+            # lean backward is written and measured for CPU)
             return super().forward(x)  # type: ignore[misc]
         self._check_input_dim(x)
         factor = 0.0 if self.momentum is None else self.momentum

@@ -219,6 +219,8 @@ def test_state_dict_and_convert_round_trip():
     assert isinstance(model[1], nn.BatchNorm2d) and spec_for(model[1]).op is NormOp
     backprobe.revert(model)
     assert type(model[1]) is nn.BatchNorm2d and type(model[5]) is nn.BatchNorm1d
+    backprobe.convert(model, backprobe.Exact(), compact_activations=False)
+    assert type(model[1]) is nn.BatchNorm2d
 
 
 def test_convert_leaves_sync_batchnorm_and_subclasses():
