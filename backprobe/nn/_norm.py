@@ -14,22 +14,22 @@ of the step holds two activation-sized blocks there. The drop-ins below keep tor
 (identical outputs and running statistics) and save what torch saves (the input, per-channel
 mean and inverse standard deviation); their backward takes the two per-channel sums from
 torch's kernel (no ``grad_input`` requested: nothing activation-sized allocated) and writes
-``dx`` chunk by chunk into one fresh tensor.
+``dx`` into one fresh tensor.
 
 What this buys is allocation-side: the first ``grad_input`` block of torch's CPU backward is
 never written, so with glibc (fresh ``mmap`` for large blocks) it costs address space, not
 resident memory; an allocator that must back every allocation (a caching allocator, a
 budget counted by allocation events as :func:`backprobe.peak_memory` does) pays it in full.
-The price is time: ``dx`` takes two passes over each cache-sized chunk (``b x + d`` by
-torch's eval-mode BatchNorm kernel, then ``+= a dy``) where torch's kernel takes one. Other
-devices take torch's path unchanged.
+The price is one more pass: ``dx`` takes two (``b x + d`` by torch's eval-mode BatchNorm
+kernel, then ``+= a dy``) where torch's kernel takes one. Other devices take torch's path
+unchanged.
 
 What saves resident memory too: where the input is the output of a backprobe layer that
 took the exact path on the data batch (the caller holds that batch through the step, e.g.
 ResNet's stem convolution), :func:`backprobe.estimators.replay_source` offers a recipe for
-its rows. The BatchNorm then keeps the recipe instead of the input, and backward recomputes
-the input a chunk of examples at a time: one activation fewer held from forward to the end
-of backward, for one extra forward of that layer.
+it. The BatchNorm then keeps the recipe instead of the input, and backward recomputes the
+input and overwrites it with ``dx``: one activation fewer held from forward to the end of
+backward, for one extra forward of that layer.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from torch import Tensor, nn
 
 from backprobe.estimators import replay_source
 from backprobe.nn._compact import _plain, plain_path
-
-_CHUNK = 1 << 20  # elements per chunk of the input-gradient pass (cache-sized)
 
 
 def _channel_view(t: Tensor, dim: int) -> Tensor:
@@ -82,57 +80,43 @@ def _coefficients(weight: Tensor | None, mean: Tensor, invstd: Tensor, dw: Tenso
     return a.to(dtype), (-a * k).to(dtype), (a * (k * mean - db / count)).to(dtype)
 
 
-def _rows(t: Tensor, scale: int = 1) -> int:
-    """Examples per chunk so that a chunk of ``t`` has about ``scale * _CHUNK`` elements."""
-    return max(1, scale * _CHUNK // max(1, t[0].numel())) if t.shape[0] else 1
+def _affine_into(out: Tensor, x: Tensor, g: Tensor, a: Tensor, b: Tensor, d: Tensor) -> Tensor:
+    """``out = a * g + b * x + d`` per channel (``a``, ``b``, ``d``: ``[C]``); ``out`` may be ``x``.
+
+    Two passes over whole tensors: a chunk loop would keep ``out`` in cache between them,
+    but each of its small parallel regions waits for every thread, which costs far more than
+    it saves as soon as the cores are shared.
+    """
+    if out is x:
+        torch.addcmul(_channel_view(d, x.dim()), x, _channel_view(b, x.dim()), out=out)
+    else:  # torch's eval-mode BatchNorm kernel with mean 0, variance 1, eps 0: b x + d
+        empty = b.new_empty(0)
+        torch.ops.aten.native_batch_norm.out(x, b, d, torch.zeros_like(b), torch.ones_like(b),
+                                             False, 0.0, 0.0, out=out, save_mean=empty,
+                                             save_invstd=empty)
+    return out.addcmul_(g, _channel_view(a, x.dim()))
 
 
 def _input_grad(g: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
                 dw: Tensor, db: Tensor) -> Tensor:
-    """``dx = a * g + b * x + d`` per channel, written chunk by chunk into one fresh tensor."""
+    """``dx = a * g + b * x + d`` per channel, written into one fresh tensor."""
     a, b, d = _coefficients(weight, mean, invstd, dw, db, x.numel() // x.shape[1], x.dtype)
-    a = _channel_view(a, x.dim())
-    zeros, ones, empty = b.new_zeros(b.shape), b.new_ones(b.shape), b.new_empty(0)
-    out = torch.empty_like(x)
-    step = _rows(x)
-    for i in range(0, x.shape[0], step):
-        o = out[i:i + step]
-        # b x + d by torch's eval-mode BatchNorm kernel (mean 0, variance 1, eps 0: the
-        # exact affine map, one pass), then + a g while the chunk is in cache
-        torch.ops.aten.native_batch_norm.out(x[i:i + step], b, d, zeros, ones, False, 0.0, 0.0,
-                                             out=o, save_mean=empty, save_invstd=empty)
-        o.addcmul_(g[i:i + step], a)
-    return out
+    return _affine_into(torch.empty_like(x), x, g, a, b, d)
 
 
-def _replayed_grads(g: Tensor, replay: Any, like: Tensor, weight: Tensor | None, mean: Tensor,
-                    invstd: Tensor, need_x: bool) -> tuple[Tensor | None, Tensor, Tensor]:
-    """``(dx, dw, db)`` with the input recomputed by ``replay`` a chunk of examples at a time.
+def _replayed_grads(g: Tensor, replay: Any, weight: Tensor | None, mean: Tensor,
+                    invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dx, dw, db)`` with the input recomputed by ``replay``, then turned into ``dx``.
 
-    The first pass recomputes each chunk, adds its per-channel sums and parks it in the
-    result; the second turns the result into ``dx`` in place. Nothing activation-sized
-    exists but the result.
+    The recomputed input is the one activation-sized block: the sums read it, and ``dx``
+    overwrites it in place.
     """
-    out = torch.empty_like(like, device=g.device) if need_x else None
-    dw = db = None
-    step = _rows(g)  # recompute a chunk of examples at a time
-    for i in range(0, g.shape[0], step):
-        xc = replay(i, i + step)
-        _, cw, cb = torch.ops.aten.native_batch_norm_backward(
-            g[i:i + step], xc, None, None, None, mean, invstd, True, 0.0, [False, True, True])
-        dw, db = (cw, cb) if dw is None else (dw + cw, db + cb)
-        if out is not None:
-            out[i:i + step] = xc
-    assert dw is not None and db is not None  # the batch is not empty (forward's check)
-    if out is not None:
-        a, b, d = _coefficients(weight, mean, invstd, dw, db, out.numel() // out.shape[1],
-                                out.dtype)
-        a, b, d = (_channel_view(t, out.dim()) for t in (a, b, d))
-        for i in range(0, out.shape[0], _rows(out)):
-            o = out[i:i + _rows(out)]
-            torch.addcmul(d, o, b, out=o)  # in place: x -> b x + d -> + a g
-            o.addcmul_(g[i:i + _rows(out)], a)
-    return out, dw, db
+    out = replay(0, g.shape[0])
+    _, dw, db = torch.ops.aten.native_batch_norm_backward(
+        g, out, None, None, None, mean, invstd, True, 0.0, [False, True, True])
+    a, b, d = _coefficients(weight, mean, invstd, dw, db, out.numel() // out.shape[1],
+                            out.dtype)
+    return _affine_into(out, out, g, a, b, d), dw, db
 
 
 def _replay_with_graph(replay: Any) -> Tensor:
@@ -152,7 +136,8 @@ class BatchNormFn(torch.autograd.Function):
 
     Backward: the per-channel sums from ``native_batch_norm_backward`` without its
     ``grad_input`` (one read of ``x`` and ``dy``, no activation-sized allocation), then
-    :func:`_input_grad` (or :func:`_replayed_grads`). Under ``create_graph`` it uses a
+    :func:`_input_grad` (or :func:`_replayed_grads`, which writes ``dx`` over the
+    recomputed input). Under ``create_graph`` it uses a
     formula of plain torch ops instead, so higher derivatives exist. Input, weight or output
     gradient in a dtype other than float32/float64 or the weight's (mixed precision) go
     through torch's own backward.
@@ -168,8 +153,8 @@ class BatchNormFn(torch.autograd.Function):
         ctx.replay = replay_source(x)
         if ctx.replay is None:
             ctx.save_for_backward(x, weight, mean, invstd)
-        else:  # keep the recipe, a meta twin for shape, dtype and strides
-            ctx.like = torch.empty_like(x, device="meta")
+        else:  # keep the recipe (and the dtype) instead of the input
+            ctx.dtype = x.dtype
             ctx.save_for_backward(weight, mean, invstd)
         return out
 
@@ -180,7 +165,7 @@ class BatchNormFn(torch.autograd.Function):
         else:
             x, (weight, mean, invstd) = None, ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        dtype = ctx.like.dtype if x is None else x.dtype
+        dtype = ctx.dtype if x is None else x.dtype
         dx = dw = db = None
         if torch.is_grad_enabled():  # double backward: differentiable plain ops
             x = _replay_with_graph(ctx.replay) if x is None else x
@@ -191,7 +176,7 @@ class BatchNormFn(torch.autograd.Function):
             dx, dw, db = torch.ops.aten.native_batch_norm_backward(
                 g, x, weight, None, None, mean, invstd, True, ctx.eps, [need_x, need_w, need_b])
         elif x is None:
-            dx, dw, db = _replayed_grads(g, ctx.replay, ctx.like, weight, mean, invstd, need_x)
+            dx, dw, db = _replayed_grads(g, ctx.replay, weight, mean, invstd)
         else:
             _, dw, db = torch.ops.aten.native_batch_norm_backward(
                 g, x, None, None, None, mean, invstd, True, ctx.eps, [False, True, True])
