@@ -388,13 +388,17 @@ class ConvOp(ConvFamilyOp):
             return None
         c_out, out_sp = g.shape[1], g.shape[2:]
         probes = z.reshape(1, r, *row_shape[2:])
-        full = sketch.new_zeros(c_out, c_in, self.kernel_numel)
-        for sl in chunks(n, c_out * r * self.kernel_numel * sketch.element_size()):
+        acc = sketch.new_zeros(c_in, c_out * self.kernel_numel)
+        # per example: its output gradient (reordered by oneDNN) and H, which exists up to
+        # four times at once (stand-in weight, blocked and plain result, permuted copy)
+        item = (math.prod(out_sp) * c_out + 4 * c_out * r * self.kernel_numel) \
+            * sketch.element_size()
+        for sl in chunks(n, item):
             gk = g[sl].reshape(1, -1, *out_sp)
             h = self.weight_grad(probes, gk, groups=1).reshape(-1, c_out, r, self.kernel_numel)
-            full += torch.einsum("nij,nojk->oik", sketch[sl], h)
-        full.div_(r)
-        return self.weight_from_matrix(full.reshape(c_out, c_in * self.kernel_numel))
+            _accumulate(acc, sketch[sl], h)
+            del h
+        return self._from_accumulated(acc, r)
 
 
     def per_example_probe_weight_grad(
@@ -422,17 +426,37 @@ class ConvOp(ConvFamilyOp):
             return None
         c_out, out_sp, k = g.shape[1], g.shape[2:], self.kernel_numel
         spatial = tuple(row_shape[2:])
-        full = sketch.new_zeros(c_out, c_in, k)
-        item = (r * math.prod(spatial) + c_out * r * k) * sketch.element_size()
+        acc = sketch.new_zeros(c_in, c_out * k)
+        # per example: probe images and output gradient (each reordered by oneDNN) and H,
+        # which exists up to four times at once (stand-in weight, blocked and plain, permuted)
+        item = (2 * r * math.prod(spatial) + 2 * c_out * math.prod(out_sp)
+                + 4 * c_out * r * k) * sketch.element_size()
         for sl in chunks(n, item):
             m = sl.stop - sl.start
             images = probes(sl).reshape(1, m * r, *spatial)
             gk = g[sl].to(sketch.dtype).reshape(1, m * c_out, *out_sp)
             h = self.weight_grad(images, gk, groups=m).reshape(m, c_out, r, k)
             del images, gk
-            full += torch.einsum("nij,nojk->oik", sketch[sl], h)
-        full.div_(r)
-        return self.weight_from_matrix(full.reshape(c_out, c_in * k))
+            _accumulate(acc, sketch[sl], h)
+            del h
+        return self._from_accumulated(acc, r)
+
+    def _from_accumulated(self, acc: Tensor, r: int) -> Tensor:
+        """The weight from ``acc [C_in, C_out * K]`` (see :func:`_accumulate`), divided by r."""
+        c_in, k = acc.shape[0], self.kernel_numel
+        full = acc.div_(r).view(c_in, -1, k).transpose(0, 1)  # [C_out, C_in, K], one copy:
+        return self.weight_from_matrix(full.reshape(full.shape[0], c_in * k))
+
+
+def _accumulate(acc: Tensor, sketch: Tensor, h: Tensor) -> None:
+    """``acc[i, (o, k)] += sum_{n, j} sketch[n, i, j] h[n, o, j, k]``: one GEMM, in place.
+
+    (An ``einsum`` would return a weight-sized result per chunk before the sum.)
+    """
+    m, c_out, r, k = h.shape
+    hp = h.permute(0, 2, 1, 3).reshape(m * r, c_out * k)
+    sp = sketch.transpose(1, 2).reshape(m * r, sketch.shape[1])
+    acc.addmm_(sp.mT, hp)
 
 
 def bind_conv(module: nn.Module, x: Tensor) -> tuple[Tensor, AffineOp]:
