@@ -29,6 +29,23 @@ def dummy(like: Tensor, shape: tuple[int, ...]) -> Tensor:
     return like.new_empty(1).expand(shape)
 
 
+def batch_chunks(x: Tensor, row_bytes: int) -> list[slice] | None:
+    """Chunks of the examples of ``x`` for :func:`batch_chunked`, or ``None`` for one call.
+
+    ``None`` where chunking could not help or is not allowed: one chunk would do, not on
+    CPU, a channels-last input (the plain call keeps its memory format; a chunked output is
+    contiguous), autograd recording (grad mode on), a ``torch.func`` transform or
+    ``torch.compile`` (which plans memory itself).
+    """
+    if torch.compiler.is_compiling() or x.dim() < 2:
+        return None
+    parts = chunks(x.shape[0], row_bytes)
+    if (len(parts) < 2 or x.device.type != "cpu" or _channels_last(x)
+            or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()):
+        return None
+    return parts
+
+
 def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
                   out_shape: Sequence[int]) -> Tensor:
     """``fn(x)`` for a batch-wise ``fn``, evaluated a chunk of examples at a time into one output.
@@ -36,11 +53,8 @@ def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
     oneDNN's CPU convolution reorders its input into a blocked layout and writes a blocked
     output before the plain one: for a whole batch these transients are as large as the
     input and the output themselves, and they set the peak of many steps. On chunks of about
-    ``CHUNK_BYTES`` (input plus output) they stay small; the result is the same. Plain call
-    wherever chunking could not help or is not allowed: one chunk would do, not on CPU, a
-    channels-last input (the plain call keeps its memory format; the chunked output is
-    contiguous), autograd recording (grad mode on), a ``torch.func`` transform or
-    ``torch.compile``.
+    ``CHUNK_BYTES`` (input plus output) they stay small; the result is the same. A plain
+    call where :func:`batch_chunks` says so.
 
     Args:
         fn: maps ``x[a:b]`` to rows ``a:b`` of the result.
@@ -50,13 +64,9 @@ def batch_chunked(fn: Callable[[Tensor], Tensor], x: Tensor,
     Returns:
         ``fn(x)``.
     """
-    if torch.compiler.is_compiling():  # the compiler plans memory itself
-        return fn(x)
-    n = out_shape[0]
     row_bytes = (math.prod(x.shape[1:]) + math.prod(out_shape[1:])) * x.element_size()
-    parts = chunks(n, row_bytes)
-    if (len(parts) < 2 or x.device.type != "cpu" or _channels_last(x)
-            or torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()):
+    parts = batch_chunks(x, row_bytes)
+    if parts is None:
         return fn(x)
     out: Tensor | None = None
     for sl in parts:
@@ -175,7 +185,26 @@ class ConvFamilyOp(AffineOp):
             gi = self.input_grad(g, weight, input_shape) if need_in else None
             gb = g.sum([0, *range(2, g.dim())]) if need_b else None
             return gi, None, gb
-        return self._aten_backward(g, x, weight.to(g.dtype), self.groups, mask)
+        w = weight.to(g.dtype)
+        # per example: input and output gradient, each with oneDNN's reorder
+        row_bytes = 2 * (math.prod(x.shape[1:]) + math.prod(g.shape[1:])) * g.element_size()
+        parts = batch_chunks(g, row_bytes)
+        if parts is None:
+            return self._aten_backward(g, x, w, self.groups, mask)
+        gi_all: Tensor | None = None
+        gw: Tensor | None = None
+        for sl in parts:  # chunks of examples: the weight gradient is their sum
+            gi_c, gw_c, _ = self._aten_backward(g[sl], x[sl].to(g.dtype), w, self.groups,
+                                                (need_in, True, False))
+            if gi_c is not None:
+                if gi_all is None:
+                    gi_all = gi_c.new_empty((g.shape[0], *gi_c.shape[1:]))
+                gi_all[sl] = gi_c
+            assert gw_c is not None
+            gw = gw_c if gw is None else gw.add_(gw_c)
+            del gi_c, gw_c
+        gb = g.sum([0, *range(2, g.dim())]) if need_b else None
+        return gi_all, gw, gb
 
     def weight_grad(self, x: Tensor, g: Tensor, groups: int | None = None) -> Tensor:
         groups = self.groups if groups is None else groups

@@ -89,22 +89,30 @@ def test_chunking_changes_nothing(case, kwargs, monkeypatch):
 
 
 @pytest.mark.parametrize("case", AFFINE, ids=layer_ids(AFFINE))
-def test_chunked_op_forward_and_input_grad_are_exact(case, monkeypatch):
-    """Under no_grad (inside the autograd Function) the op runs a chunk at a time."""
+def test_chunked_op_forward_and_backward_are_exact(case, monkeypatch):
+    """Under no_grad (inside the autograd Function) the op runs a chunk at a time: forward,
+    input gradient alone, and the exact backward (weight gradient summed over chunks)."""
     monkeypatch.setattr(layer_base, "CHUNK_BYTES", 1)
     torch.manual_seed(0)
     module = case.make()
     x = case.input()
     xr, op = bind(module, x)
+    shape = tuple(xr.shape)
     with torch.no_grad():
         out = op.forward(xr, module.weight, module.bias)
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-        gi, _, _ = op.backward(None, g, module.weight, tuple(xr.shape), (True, False, False))
+        gi_alone, _, _ = op.backward(None, g, module.weight, shape, (True, False, False))
+        gi, gw, gb = op.backward(xr, g, module.weight, shape, (True, True, True))
     xr = xr.detach().requires_grad_(True)
     ref = op.forward(xr, module.weight, module.bias)  # grad mode: the plain call
-    (ref_gi,) = torch.autograd.grad(ref, xr, g)
+    params = [xr, module.weight] + ([module.bias] if module.bias is not None else [])
+    refs = torch.autograd.grad(ref, params, g)
     torch.testing.assert_close(out, ref.detach())
-    torch.testing.assert_close(gi, ref_gi)
+    torch.testing.assert_close(gi_alone, refs[0])
+    torch.testing.assert_close(gi, refs[0])
+    torch.testing.assert_close(gw, refs[1])
+    if module.bias is not None:
+        torch.testing.assert_close(gb, refs[2])
 
 
 # -- peak memory -----------------------------------------------------------------------------
