@@ -12,7 +12,8 @@ Grammar (``:``-separated, case-insensitive)::
                           a mode          channel | joint | ... (probe.MODES)
                           shared          one probe set per batch (per_sample=False)
                           orthogonal      orthonormalised probe blocks
-                          dct             spectrally shaped probes (shaping="dct")
+                          dct | plain     spectrally shaped probes (shaping="dct") or
+                                          plain ones (shaping=None)
                           deflateK        with dct: keep the K highest-energy DCT coefficients
                                           exactly, 0 <= K < R (deflate=K)
 
@@ -72,7 +73,7 @@ _PROBE_OPTIONS: dict[str, tuple[str, Any]] = {
     **{m: ("mode", m) for m in MODES},
     "shared": ("per_sample", False),
     "orthogonal": ("orthogonal", True),
-    **{str(s): ("shaping", s) for s in SHAPINGS if s is not None},
+    **{s or "plain": ("shaping", s) for s in SHAPINGS},  # plain: shaping=None
 }
 _DEFLATE = "deflate"  # deflateK: an option with its count glued on
 
@@ -106,9 +107,7 @@ def _build_probe(args: list[str]) -> Estimator:
         if key in kwargs:
             raise ValueError(f"probe option {key!r} given twice")
         kwargs[key] = value
-    if kwargs.get("deflate") and "shaping" not in kwargs:
-        raise ValueError("deflateK needs dct (it ranks the running DCT spectrum)")
-    return Probe(r, **kwargs)
+    return Probe(r, **kwargs)  # Probe rejects deflateK without shaping
 
 
 #: Estimator families by first token; :func:`register` adds one.
@@ -129,7 +128,8 @@ register(SpecFamily(
     "probe", "probe:R[:OPTION...]", _build_probe,
     "R >= 1 probes; OPTIONs in any order, each at most once: a distribution "
     f"({' | '.join(DISTRIBUTIONS)}), a mode ({' | '.join(MODES)}), "
-    "shared (one probe set per batch), orthogonal, dct (spectrally shaped probes), "
+    "shared (one probe set per batch), orthogonal, a shaping (dct: spectrally shaped "
+    "probes | plain), "
     "deflateK (with dct: keep the K < R highest-energy DCT coefficients exactly)",
 ))
 

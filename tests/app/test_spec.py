@@ -25,6 +25,8 @@ from backprobe.app.spec import SPECS, SpecFamily, grammar, parse_estimator, pars
     ("probe:16:DEFLATE4:joint:DCT", dict(num_probes=16, shaping="dct", deflate=4, mode="joint")),
     ("probe:8:dct:deflate0", dict(num_probes=8, shaping="dct", deflate=0)),
     ("probe:8:deflate0", dict(num_probes=8, shaping=None, deflate=0)),
+    ("probe:8:plain", dict(num_probes=8, shaping=None, deflate=0)),
+    ("probe:8:plain:deflate0", dict(num_probes=8, shaping=None, deflate=0)),
     ("probe:2:dct:deflate1:orthogonal", dict(num_probes=2, shaping="dct", deflate=1,
                                              orthogonal=True)),
 ])
@@ -46,7 +48,9 @@ def test_parse_bad_specs_list_the_grammar(spec):
 
 
 @pytest.mark.parametrize("spec, reason", [
-    ("probe:16:deflate4", "needs dct"),
+    ("probe:16:deflate4", "deflate needs shaping='dct'"),
+    ("probe:16:plain:deflate4", "deflate needs shaping='dct'"),
+    ("probe:16:plain:dct", "'shaping' given twice"),
     ("probe:16:dct:deflate16", "below the number of probes R=16"),
     ("probe:1:dct:deflate1", "below the number of probes R=1"),
     ("probe:16:dct:deflate", "integer K >= 0"),
@@ -64,7 +68,7 @@ def test_parse_bad_shaping_says_why(spec, reason):
 
 
 def test_grammar_lists_the_shaping_options():
-    assert "dct" in grammar() and "deflateK" in grammar()
+    assert all(word in grammar() for word in ("dct", "plain", "deflateK"))
 
 
 def test_spec_table_is_extensible():
