@@ -137,10 +137,9 @@ class BatchNormFn(torch.autograd.Function):
     Backward: the per-channel sums from ``native_batch_norm_backward`` without its
     ``grad_input`` (one read of ``x`` and ``dy``, no activation-sized allocation), then
     :func:`_input_grad` (or :func:`_replayed_grads`, which writes ``dx`` over the
-    recomputed input). Under ``create_graph`` it uses a
-    formula of plain torch ops instead, so higher derivatives exist. Input, weight or output
-    gradient in a dtype other than float32/float64 or the weight's (mixed precision) go
-    through torch's own backward.
+    recomputed input). Under ``create_graph`` it uses a formula of plain torch ops instead,
+    so higher derivatives exist. Input, weight or output gradient in a dtype other than
+    float32/float64 or the weight's (mixed precision) go through torch's own backward.
     """
 
     @staticmethod
