@@ -130,16 +130,6 @@ def _window_starts(out_sizes, stride, padding, device) -> list[Tensor]:
     return starts
 
 
-def _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode) -> bool:
-    """Non-overlapping windows from the origin: pooling compares strided slices.
-
-    In floor mode a remainder that no window reaches is left out (its gradient is zero).
-    """
-    divisible = all(s % k == 0 for s, k in zip(in_sizes, kernel))
-    return (tuple(kernel) == tuple(stride) and not any(padding) and set(dilation) == {1}
-            and (divisible or not ceil_mode))
-
-
 def _batch_chunk(t: Tensor) -> int:
     """Examples per chunk so that a chunk of ``t`` has about ``_CHUNK`` elements."""
     per = max(1, t[0].numel()) if t.shape[0] else 1
@@ -152,25 +142,6 @@ def _kernel_positions(kernel: tuple[int, ...]) -> list[tuple[int, ...]]:
     for k in kernel:
         positions = [p + (a,) for p in positions for a in range(k)]
     return positions
-
-
-def _tiled_max(x: Tensor, kernel: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Max over tiling windows and the offset of the first maximum (NaN wins, as in torch)."""
-    dim = len(kernel)
-    out_sizes = [s // k for s, k in zip(x.shape[-dim:], kernel)]
-    slices = []
-    for pos in _kernel_positions(kernel):
-        index: tuple[Any, ...] = (Ellipsis,) + tuple(
-            slice(a, a + o * k, k) for a, o, k in zip(pos, out_sizes, kernel)
-        )
-        slices.append(x[index])
-    best = slices[0].clone()
-    offset = torch.zeros(best.shape, dtype=dtype, device=x.device)
-    for i, sl in enumerate(slices[1:], 1):
-        upd = (sl > best) | sl.isnan()
-        best = torch.where(upd, sl, best)
-        offset.masked_fill_(upd, i)
-    return best, offset
 
 
 def _flat_indices(offset: Tensor, kernel, stride, padding, dilation, in_sizes) -> Tensor:
@@ -190,20 +161,29 @@ def _flat_indices(offset: Tensor, kernel, stride, padding, dilation, in_sizes) -
     return base + delta[offset.long()]
 
 
+_POOL_BACKWARD = {
+    2: torch.ops.aten.max_pool2d_with_indices_backward,
+    3: torch.ops.aten.max_pool3d_with_indices_backward,
+}
+
+
 class CompactMaxPoolFn(torch.autograd.Function):
-    """Max pooling that saves the argmax offset within each window (int8 for kernels <= 127)."""
+    """Max pooling that saves the argmax offset within each window (int8 for kernels <= 127).
+
+    Forward is torch's own pooling (with its indices, a chunk of examples at a time); the
+    int64 indices are turned into window offsets and dropped. Backward rebuilds a chunk's
+    indices from the offsets and calls torch's own max-pool backward kernel on them: the
+    same values, NaN handling and tie-breaking as ``nn.MaxPool``.
+    """
 
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):  # noqa: D102
         dim = len(kernel)
         in_sizes = x.shape[-dim:]
-        ctx.geometry = (kernel, stride, padding, dilation, tuple(x.shape))
-        ctx.tiled = _tiled(kernel, stride, padding, dilation, in_sizes, ceil_mode)
+        ctx.geometry = (kernel, stride, padding, dilation, ceil_mode, tuple(x.shape))
         offset_dtype = _offset_dtype(math.prod(kernel))
-        if ctx.tiled:
-            out, off = _tiled_max(x, kernel, offset_dtype)
-            ctx.save_for_backward(off)
-            return out
+        # index arithmetic in int32 where the flat input plane fits (it nearly always does)
+        idx_dtype = torch.int32 if math.prod(in_sizes) < 2**31 else torch.int64
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dim]
         # in chunks of examples: the int64 indices and their arithmetic are several times
         # the output's size, so only a chunk of them exists at a time
@@ -215,14 +195,18 @@ class CompactMaxPoolFn(torch.autograd.Function):
             if out is None:
                 out = x.new_empty((x.shape[0], *o.shape[1:]))
                 offsets = torch.empty(out.shape, dtype=offset_dtype, device=x.device)
-            offset = torch.zeros_like(idx)
-            rest = idx
+            rest = idx.to(idx_dtype)
+            offset: Tensor | None = None
             for d, start in enumerate(_window_starts(o.shape[-dim:], stride, padding,
                                                      x.device)):
                 below = math.prod(in_sizes[d + 1:])
-                coord = rest // below
-                rest = rest - coord * below
-                offset = offset * kernel[d] + (coord - start) // dilation[d]
+                coord = torch.div(rest, below, rounding_mode="floor") if below > 1 else rest
+                if d + 1 < dim:
+                    rest = rest - coord * below
+                pos = coord - start.to(idx_dtype)  # position inside the window
+                if dilation[d] != 1:
+                    pos = pos.div_(dilation[d], rounding_mode="floor")
+                offset = pos if offset is None else offset.mul_(kernel[d]).add_(pos)
             out[i:i + step] = o
             offsets[i:i + step] = offset  # type: ignore[index]
         if out is None:  # empty batch
@@ -234,21 +218,34 @@ class CompactMaxPoolFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # noqa: D102
         (offset,) = ctx.saved_tensors
-        kernel, stride, padding, dilation, in_shape = ctx.geometry
+        kernel, stride, padding, dilation, ceil_mode, in_shape = ctx.geometry
         dim = len(kernel)
-        lead = g.shape[:-dim]
-        grad = g.new_zeros(*lead, math.prod(in_shape[-dim:]))
-        g = g.reshape(*lead, math.prod(g.shape[len(lead):]))
+        grad = g.new_empty(in_shape)
+        if torch.is_grad_enabled():  # double backward: a differentiable scatter
+            flat = grad.zero_().reshape(*in_shape[:-dim], -1)
+            idx = _flat_indices(offset, kernel, stride, padding, dilation, in_shape[-dim:])
+            return (flat.scatter_add(-1, idx.reshape(*idx.shape[:-dim], -1),
+                                     g.reshape(*g.shape[:-dim], -1)).reshape(in_shape),
+                    None, None, None, None, None)
+        lift = 1 if dim == 1 else 0  # 1-d pooling is 2-d pooling of a height-1 image
+        geometry = [(unit,) * lift + tuple(v)
+                    for unit, v in zip((1, 1, 0, 1), (kernel, stride, padding, dilation))]
+        backward = _POOL_BACKWARD[dim + lift]
         step = _batch_chunk(g)  # int64 indices for a chunk of examples at a time
         for i in range(0, g.shape[0], step):
             idx = _flat_indices(offset[i:i + step], kernel, stride, padding, dilation,
-                                in_shape[-dim:]).reshape(*grad[i:i + step].shape[:-1], -1)
-            # tiling windows never share an input element: a plain scatter suffices
-            if ctx.tiled:
-                grad[i:i + step].scatter_(-1, idx, g[i:i + step])
-            else:
-                grad[i:i + step].scatter_add_(-1, idx, g[i:i + step])
-        return grad.reshape(in_shape), None, None, None, None, None
+                                in_shape[-dim:])
+            gc = g[i:i + step]
+            shape = (gc.shape[0], *in_shape[1:])
+            if lift:
+                gc, idx = gc.unsqueeze(-2), idx.unsqueeze(-2)
+                shape = (*shape[:-1], 1, shape[-1])
+            # torch's kernel reads only the input's shape: a stride-0 stand-in, no copy;
+            # it writes straight into this chunk of the result
+            stand_in = g.new_empty(()).expand(shape)
+            backward.grad_input(gc, stand_in, *geometry, ceil_mode, idx,
+                                grad_input=grad[i:i + step].view(shape))
+        return grad, None, None, None, None, None
 
 
 class ReLU(nn.ReLU):
