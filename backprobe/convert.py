@@ -77,9 +77,11 @@ def convert(
             (convolutions for ``Probe``). Only exact type matches are converted: a
             user subclass is skipped and reported, since its forward may differ.
         skip_first: keep the first matching layer exact (a common choice for the input layer).
-        compact_activations: also swap ``nn.ReLU``/``LeakyReLU`` (1-bit masks) and
-            ``nn.MaxPool1d/2d/3d`` (int8 window offsets). Functional ``F.relu`` inside a
-            user's ``forward`` cannot be swapped and keeps its full activation.
+        compact_activations: also swap ``nn.ReLU``/``LeakyReLU`` (1-bit masks),
+            ``nn.MaxPool1d/2d/3d`` (int8 window offsets) and ``nn.BatchNorm1d/2d/3d``
+            (backward without a second activation-sized block; after a layer on the data
+            batch it recomputes its input instead of keeping it). Functional ``F.relu``
+            inside a user's ``forward`` cannot be swapped and keeps its full activation.
         exact_held_inputs: a converted layer whose input has no autograd history and needs
             no gradient (the data batch, e.g. the first convolution) keeps the exact path
             when the estimator only saves memory (``Probe``): the training loop holds that
