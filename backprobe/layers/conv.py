@@ -189,7 +189,10 @@ class ConvFamilyOp(AffineOp):
         # per example: input and output gradient, each with oneDNN's reorder
         row_bytes = 2 * (math.prod(x.shape[1:]) + math.prod(g.shape[1:])) * g.element_size()
         parts = batch_chunks(g, row_bytes)
-        if parts is None:
+        # chunks add weight-sized partial sums (the running sum beside a chunk's blocked and
+        # plain result): worth it only where the batch's reorders (about half of
+        # n * row_bytes) clearly outweigh them
+        if parts is None or 4 * w.numel() * w.element_size() >= g.shape[0] * row_bytes // 2:
             return self._aten_backward(g, x, w, self.groups, mask)
         gi_all: Tensor | None = None
         gw: Tensor | None = None
