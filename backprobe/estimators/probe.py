@@ -252,7 +252,6 @@ class Probe(RandomEstimator):
                     return fast
             elif r < rows:
                 return self._joint_shared(op, sketch, z, row_shape, g_c)
-
         elif chans > 1:  # per-example probes: correlations with the probe images
             def probes(sl: slice) -> Tensor:
                 assert signs is not None
