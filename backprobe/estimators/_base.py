@@ -132,8 +132,7 @@ def choose(
         ``"held"``.
     """
     if (estimator.saves_memory and module is not None
-            and getattr(module, "exact_held_inputs", False)
-            and x.grad_fn is None and not x.requires_grad):
+            and getattr(module, "exact_held_inputs", False) and not x.requires_grad):
         from backprobe.estimators.exact import EXACT
 
         return EXACT, "held"
@@ -169,8 +168,10 @@ class EstimatedAffineFn(torch.autograd.Function):
         saved: tuple[Tensor, ...] = ()
         ctx.meta = None
         ctx.replay = None
-        if (estimator.exact and x.grad_fn is None and not x.requires_grad and x.dim() >= 1
-                and output.dim() >= 1 and output.shape[0] == x.shape[0]):
+        # (a tensor with autograd history always requires grad; dynamo traces neither
+        # grad_fn nor version counters, so under torch.compile there is no replay)
+        if (estimator.exact and not x.requires_grad and not torch.compiler.is_compiling()
+                and x.dim() >= 1 and output.dim() >= 1 and output.shape[0] == x.shape[0]):
             ctx.replay = _Replay(op, x, weight, inputs[2])
         if ctx.needs_input_grad[1]:
             with torch.no_grad():
