@@ -628,8 +628,10 @@ class UNet(nn.Module):
             skips.append(x)
             x = pool(x)
         x = self.bottleneck(x)
-        for up, block, skip in zip(self.ups, self.up_blocks, reversed(skips), strict=True):
-            x = block(torch.cat([up(x), skip], dim=1))
+        for up, block in zip(self.ups, self.up_blocks, strict=True):
+            # pop: once concatenated, a skip tensor is referenced by nothing (a list holding
+            # every skip until the end kept ~1.75 full-resolution maps alive in the decoder)
+            x = block(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)
 
 
