@@ -21,6 +21,7 @@ Usage::
     python benchmarks/bench_peak.py --threads 2 --out benchmarks/results
     python benchmarks/bench_peak.py --models mnist_cnn --no-time
     python benchmarks/bench_peak.py --models unet --no-time --in-backward --out results/bench
+    python benchmarks/bench_peak.py --time-only --threads 2 --out benchmarks/results
 
 The U-Net (``unet``: 3x256x256 input, 4 classes, batch 4 and 8) is trained with per-pixel
 cross-entropy, labels ``[N, H, W]``.
@@ -205,11 +206,18 @@ def main() -> None:
         p.add_argument("--budget-gib", type=float, default=2.0)
         p.add_argument("--repeats", type=int, default=5, help="timed rounds")
         p.add_argument("--no-time", action="store_true", help="skip the step-time ratios")
+        p.add_argument("--time-only", action="store_true",
+                       help="only step times of exact, compact, probe16, probe16+inbwd "
+                       "(step_time.json; no peak measurement, run without a pinned "
+                       "MALLOC_MMAP_THRESHOLD_, which makes every large allocation fault)")
         p.add_argument("--in-backward", action="store_true",
                        help="also measure probe16 with the optimizer step inside backward "
                        "(plain, shaped, and inside checkpointed blocks)")
 
     args = H.arguments(__doc__, add=add)
+    if args.time_only:
+        time_only(args)
+        return
     rows: list[dict[str, Any]] = []
     budget = int(args.budget_gib * GIB)
     for net in args.models.split(","):
@@ -259,6 +267,26 @@ def main() -> None:
     path = H.write_json(args.out / f"peak{args.suffix}.json", rows=rows,
                         budget_bytes=budget, optimizer="SGD(momentum=0.9)",
                         method="backprobe.peak_memory (CPU allocator events via torch.profiler)")
+    H.progress(f"wrote {path}")
+
+
+def time_only(args: Any) -> None:
+    """Step-time ratios against exact at each network's time batch (``--time-only``)."""
+    rows: list[dict[str, Any]] = []
+    variants = ["exact", "compact", "probe16", "probe16+inbwd"]
+    for net in args.models.split(","):
+        tb = NETWORKS[net][4]
+        fns: dict[str, Callable[[], object]] = {v: step_fn(net, v, tb) for v in variants}
+        times = H.time_interleaved(fns, repeats=args.repeats, warmup=1, reference="exact",
+                                   clock=args.clock)
+        for v in variants:
+            rows.append({"network": net, "variant": v, "batch": tb,
+                         "step_s": times[v]["median_s"], "speed_vs_exact": times[v]["speedup"]})
+            H.progress(f"{net} b={tb} {v}: {times[v]['median_s'] * 1e3:.1f} ms, "
+                       f"{times[v]['speedup']:.2f}x exact's speed")
+    print(H.markdown_table(rows, ["network", "variant", "batch", "step_s", "speed_vs_exact"]))
+    path = H.write_json(args.out / f"step_time{args.suffix}.json", rows=rows,
+                        optimizer="SGD(momentum=0.9)", clock=args.clock, repeats=args.repeats)
     H.progress(f"wrote {path}")
 
 
