@@ -196,7 +196,7 @@ class CompactMaxPoolFn(torch.autograd.Function):
                 out = x.new_empty((x.shape[0], *o.shape[1:]))
                 offsets = torch.empty(out.shape, dtype=offset_dtype, device=x.device)
             rest = idx.to(idx_dtype)
-            offset: Tensor | None = None
+            offset = None
             for d, start in enumerate(_window_starts(o.shape[-dim:], stride, padding,
                                                      x.device)):
                 below = math.prod(in_sizes[d + 1:])
