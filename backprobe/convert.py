@@ -88,6 +88,11 @@ def convert(
             batch through the step anyway, so keeping it costs no extra memory and the
             weight gradient is exact for free. ``False`` probes such layers too. Layers
             built directly (``backprobe.nn.Conv2d(..., estimator=...)``) always estimate.
+            Caveat: the output of a frozen part of the model (parameters with
+            ``requires_grad=False``, or computed under ``no_grad``) has no history either,
+            but nobody else holds it; when fine-tuning behind a frozen backbone pass
+            ``exact_held_inputs=False`` to probe the first trainable layer (the report made
+            with ``example_input`` shows such layers as ``"exact (held input)"``).
         example_input: if given, one forward decides and reports per layer whether the
             estimator keeps fewer numbers than the exact path (it falls back to exact where
             it would not, e.g. probing a 4x4 feature map with 16 probes).
