@@ -24,7 +24,12 @@ from backprobe.estimators import _shaping
 from backprobe.estimators._base import Estimator, RandomEstimator
 from backprobe.layers import AffineOp, module_types
 from backprobe.layers._base import chunks
-from backprobe.linalg._probes import draw_probes, orthonormalise
+from backprobe.linalg._probes import (
+    draw_probes,
+    orthonormalise,
+    rademacher_signs,
+    rademacher_words,
+)
 
 DISTRIBUTIONS = ("rademacher", "gaussian", "uniform")  # of linalg's, those Probe offers
 MODES = ("channel", "joint", "auto")
@@ -34,9 +39,8 @@ SHAPINGS = (None, "dct")
 class Signs:
     """Rademacher signs ``[rows, 1, Q]`` kept as packed random bits, unpacked a chunk at a time.
 
-    The same draw as ``draw_probes((rows, 1, Q), "rademacher", generator)`` (it consumes the
-    generator identically: one ``randint`` of ``ceil(rows * Q / 32)`` 32-bit words, bit
-    ``i % 32`` of word ``i // 32`` giving sign ``i``), but held in ``rows * Q / 8`` bytes
+    The same draw as ``draw_probes((rows, 1, Q), "rademacher", generator)`` (the same words,
+    :func:`backprobe.linalg._probes.rademacher_words`), but held in ``rows * Q / 8`` bytes
     instead of a float tensor of ``rows * Q`` numbers (in joint mode, the input's size).
 
     Args:
@@ -48,20 +52,13 @@ class Signs:
 
     def __init__(self, rows: int, q: int, generator: torch.Generator,
                  device: torch.device) -> None:
-        n = rows * q
         self.q = q
-        self.words = torch.randint(-(2**31), 2**31, ((n + 31) // 32,), generator=generator,
-                                   device=device, dtype=torch.int32)
+        self.words = rademacher_words(rows * q, generator, device)
 
     def rows(self, sl: slice, dtype: torch.dtype) -> Tensor:
         """The signs of rows ``sl`` (a step-1 slice) as ``[len, 1, Q]`` in ``dtype``."""
-        start, stop = sl.start * self.q, sl.stop * self.q
-        first = start // 32
-        words = self.words[first:(stop + 31) // 32]
-        shifts = torch.arange(32, device=words.device, dtype=torch.int32)
-        bits = ((words.unsqueeze(-1) >> shifts) & 1).reshape(-1)
-        bits = bits[start - 32 * first:stop - 32 * first]
-        return bits.reshape(-1, 1, self.q).to(dtype).mul_(2).sub_(1)
+        signs = rademacher_signs(self.words, sl.start * self.q, sl.stop * self.q, dtype)
+        return signs.reshape(-1, 1, self.q)
 
 
 def draw(seed: int, num_probes: int, rows: int, q: int, distribution: str, orthogonal: bool,

@@ -76,13 +76,33 @@ def draw_probes(
         u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
         return u.sub_(0.5).mul_(math.sqrt(12.0))
     n = math.prod(shape)
-    words = torch.randint(
-        -(2**31), 2**31, ((n + 31) // 32,), generator=generator, device=device,
-        dtype=torch.int32,
-    )
-    shifts = torch.arange(32, device=device, dtype=torch.int32)
-    bits = (words.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(-1)[:n].reshape(shape).to(dtype).mul_(2).sub_(1)
+    words = rademacher_words(n, generator, device)
+    return rademacher_signs(words, 0, n, dtype).reshape(shape)
+
+
+def rademacher_words(n: int, generator: torch.Generator, device: torch.device | str | None
+                     ) -> Tensor:
+    """The packed random bits behind ``n`` Rademacher signs: ``ceil(n / 32)`` int32 words.
+
+    :func:`draw_probes` draws its Rademacher probes from exactly these words, so a caller
+    keeping the words (1 bit per sign) and unpacking a range at a time with
+    :func:`rademacher_signs` gets the same signs from the same generator state.
+    """
+    return torch.randint(-(2**31), 2**31, ((n + 31) // 32,), generator=generator,
+                         device=device, dtype=torch.int32)
+
+
+def rademacher_signs(words: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+    """Signs ``start .. stop`` (flat) of :func:`rademacher_words`' words, as ``+-1`` in ``dtype``.
+
+    Bit ``i % 32`` of word ``i // 32`` gives sign ``i``; only the words covering the range
+    are unpacked.
+    """
+    first = start // 32
+    part = words[first:(stop + 31) // 32]
+    shifts = torch.arange(32, device=words.device, dtype=torch.int32)
+    bits = ((part.unsqueeze(-1) >> shifts) & 1).reshape(-1)
+    return bits[start - 32 * first:stop - 32 * first].to(dtype).mul_(2).sub_(1)
 
 
 def draw_block(
