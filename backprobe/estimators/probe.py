@@ -274,14 +274,9 @@ class Probe(RandomEstimator):
         mixed gradients ``g_tilde`` are smaller than ``g``).
         """
         rows, _, r = sketch.shape
-        g_tilde = sketch[:, 0, :].mT @ g.reshape(rows, -1)
-        g_tilde = g_tilde.reshape(r, *g.shape[1:])
-        probes = z.reshape(r, *row_shape[1:])
-        gw: Tensor | None = None
-        for sl in chunks(r, z.shape[1] * z.element_size()):
-            part = op.weight_grad(probes[sl], g_tilde[sl])
-            gw = part if gw is None else gw.add_(part)
-        assert gw is not None
+        g_tilde = (sketch[:, 0, :].mT @ g.reshape(rows, -1)).reshape(r, *g.shape[1:])
+        gw = chunked_weight_grad(op, lambda sl: z[sl], r, (r, *row_shape[1:]), g_tilde,
+                                 z.dtype)
         return gw.div_(r)
 
     # -- shaping: per-layer spectrum buffers (backprobe.estimators._shaping) ---------------
