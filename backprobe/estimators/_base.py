@@ -133,14 +133,14 @@ def choose(
     """
     if (estimator.saves_memory and module is not None
             and getattr(module, "exact_held_inputs", False) and not x.requires_grad):
-        from backprobe.estimators.exact import EXACT
+        path = "held"
+    elif not estimator.worthwhile(op, x):
+        path = "exact"
+    else:
+        return (estimator if module is None else estimator.for_module(module)), "estimator"
+    from backprobe.estimators.exact import EXACT
 
-        return EXACT, "held"
-    if not estimator.worthwhile(op, x):
-        from backprobe.estimators.exact import EXACT
-
-        return EXACT, "exact"
-    return (estimator if module is None else estimator.for_module(module)), "estimator"
+    return EXACT, path
 
 
 class EstimatedAffineFn(torch.autograd.Function):
@@ -199,7 +199,12 @@ class _Replay:
         self.op, self.x, self.weight, self.bias = op, x, weight, bias
         self.versions = [t._version for t in (x, weight, bias) if t is not None]
 
-    def __call__(self, start: int, stop: int) -> Tensor:
+    def __call__(self, start: int, stop: int, *, differentiable: bool = False) -> Tensor:
+        """Rows ``start:stop`` of the output.
+
+        With ``differentiable`` (and grad mode on) the result carries autograd history in
+        the weight and bias, for double backward; otherwise it is computed under ``no_grad``.
+        """
         if [t._version for t in (self.x, self.weight, self.bias) if t is not None
                 ] != self.versions:
             raise RuntimeError(
@@ -207,7 +212,7 @@ class _Replay:
                 "forward and backward, so its output cannot be recomputed for the next "
                 "layer's backward (as autograd would refuse a modified saved tensor)"
             )
-        with torch.no_grad():
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             return self.op.forward(self.x[start:stop], self.weight, self.bias)
 
 

@@ -119,12 +119,6 @@ def _replayed_grads(g: Tensor, replay: Any, weight: Tensor | None, mean: Tensor,
     return _affine_into(out, out, g, a, b, d), dw, db
 
 
-def _replay_with_graph(replay: Any) -> Tensor:
-    """The replayed input as a differentiable function of its layer's weight and bias."""
-    replay(0, 0)  # raises if the layer's input or parameters were modified in place
-    return replay.op.forward(replay.x, replay.weight, replay.bias)
-
-
 class BatchNormFn(torch.autograd.Function):
     """Training-mode batch normalisation (torch's forward) with a lean backward.
 
@@ -167,7 +161,7 @@ class BatchNormFn(torch.autograd.Function):
         dtype = ctx.dtype if x is None else x.dtype
         dx = dw = db = None
         if torch.is_grad_enabled():  # double backward: differentiable plain ops
-            x = _replay_with_graph(ctx.replay) if x is None else x
+            x = ctx.replay(0, g.shape[0], differentiable=True) if x is None else x
             dx, dw, db = _differentiable_grads(g, x, weight, ctx.eps)
         elif g.dtype != dtype or dtype not in (torch.float32, torch.float64) or (
                 weight is not None and weight.dtype != dtype):
