@@ -219,7 +219,7 @@ class ShapedProbe(Estimator):
         tensors: tuple[Tensor, ...] = (torch.cat(sketches), seed_t, d_rest)
         if order is not None:
             tensors += (torch.cat(kepts), order)
-        return tensors, ("shaped", tuple(xr.shape), tuple(xr.shape), k), power
+        return tensors, ("shaped", tuple(xr.shape), k), power
 
     def _update(self, batch_power: Tensor, lam: Tensor, updates: Tensor, fresh: bool) -> None:
         """Fold one batch's mean power ``mean_n c_n^2`` into the running spectrum."""
@@ -240,7 +240,7 @@ class ShapedProbe(Estimator):
 
         if meta[0] == "plain":
             return self.parent.weight_grad(op, saved, meta[1], g)
-        _, row_shape, coef_shape, k = meta
+        _, row_shape, k = meta
         sketch, seed_t, d_rest = saved[:3]
         b, cv, r = sketch.shape
         g = op.rows(g)
@@ -264,6 +264,6 @@ class ShapedProbe(Estimator):
                               torch.cat([kept[sl], rest], 2))
             else:
                 coef = rest
-            return transform(coef.reshape(-1, *coef_shape[1:]), inverse=True)
+            return transform(coef.reshape(-1, *row_shape[1:]), inverse=True)
 
         return chunked_weight_grad(op, reconstruct, b, row_shape, g, sketch.dtype)
