@@ -106,7 +106,7 @@ def convert(
         The same ``model``; ``backprobe.report(model)`` returns a :class:`ConversionReport`.
 
     Raises:
-        TypeError: if ``estimator`` is not an estimator.
+        TypeError: if ``estimator`` is not an estimator, or a flag is not a bool.
         ValueError: if ``layers`` names a module type no layer description supports, or if
             no layer would be converted (e.g. ``Probe`` on an MLP: its default layers are
             the convolutions, and the message says to pass ``layers=(nn.Linear,)``); the
@@ -118,6 +118,10 @@ def convert(
     """
     if not isinstance(estimator, Estimator):
         raise TypeError(f"convert: estimator must be an Estimator, got {type(estimator).__name__}")
+    for flag, value in (("skip_first", skip_first), ("compact_activations", compact_activations),
+                        ("exact_held_inputs", exact_held_inputs)):
+        if not isinstance(value, bool):
+            raise TypeError(f"convert: {flag} must be True or False, got {value!r}")
     layers_arg = layers
     layers = tuple(estimator.natural_layers if layers is None else layers)
     for t in layers:

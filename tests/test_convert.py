@@ -123,6 +123,9 @@ def test_bad_arguments():
         backprobe.convert(small_net(), Probe(4), layers=(nn.LSTM,))
     with pytest.raises(TypeError):
         backprobe.convert(small_net(), "probe:4")
+    for flag in ("skip_first", "compact_activations", "exact_held_inputs"):
+        with pytest.raises(TypeError, match=flag):
+            backprobe.convert(small_net(), Probe(4), **{flag: "no"})
     with pytest.raises(ValueError, match="not converted"):
         backprobe.report(small_net())
 
