@@ -103,6 +103,24 @@ LAYER_FAMILIES: dict[str, list[LayerCase]] = {
 LAYERS: list[LayerCase] = [c for fam in LAYER_FAMILIES.values() for c in fam]
 
 
+def assert_empty_batch_like(reference: nn.Module, module: nn.Module, shape: tuple[int, ...],
+                            *, equal_nan: bool = False) -> None:
+    """Assert ``module`` behaves like ``reference`` on an empty float64 batch of ``shape``.
+
+    Same output shape, input-gradient shape and parameter gradients.
+    """
+    outs = []
+    for net in (reference, module):
+        x = torch.zeros(shape, dtype=F64, requires_grad=True)
+        out = net(x)
+        out.sum().backward()
+        assert x.grad is not None
+        outs.append((out.shape, x.grad.shape, [p.grad for p in net.parameters()]))
+    assert outs[0][:2] == outs[1][:2]
+    for a, b in zip(outs[0][2], outs[1][2], strict=True):
+        torch.testing.assert_close(a, b, equal_nan=equal_nan)
+
+
 def layer_ids(cases: list[LayerCase]) -> list[str]:
     """pytest ids for ``cases``."""
     return [str(c) for c in cases]

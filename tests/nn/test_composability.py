@@ -10,6 +10,7 @@ from torch import nn
 
 import backprobe
 from backprobe import Exact, Probe
+from tests.cases import assert_empty_batch_like
 
 F64 = torch.float64
 
@@ -99,15 +100,7 @@ def test_jit_trace_and_script():
 @pytest.mark.parametrize("estimator", [Exact(), Probe(2, seed=0)], ids=["exact", "probe"])
 def test_empty_batch_like_plain_torch(estimator):
     plain, model = _converted(estimator)
-    outs = []
-    for net in (plain, model):
-        x = torch.zeros(0, 2, 8, 8, dtype=F64, requires_grad=True)
-        out = net(x)
-        out.sum().backward()
-        outs.append((out.shape, x.grad.shape, [p.grad for p in net.parameters()]))
-    assert outs[0][:2] == outs[1][:2]
-    for a, b in zip(outs[0][2], outs[1][2]):
-        torch.testing.assert_close(a, b)
+    assert_empty_batch_like(plain, model, (0, 2, 8, 8))
 
 
 @pytest.mark.parametrize("estimator", [Exact(), Probe(2)], ids=["exact", "probe"])

@@ -13,6 +13,7 @@ import backprobe
 from backprobe.layers._base import spec_for
 from backprobe.layers.norm import NormOp
 from backprobe.nn import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from tests.cases import assert_empty_batch_like
 
 F64 = torch.float64
 LEAN = {nn.BatchNorm1d: BatchNorm1d, nn.BatchNorm2d: BatchNorm2d, nn.BatchNorm3d: BatchNorm3d}
@@ -180,15 +181,7 @@ def test_training_needs_more_than_one_value_per_channel():
 
 def test_empty_batch_like_torch():
     ref, lean = _pair(nn.BatchNorm2d, F64)
-    outs = []
-    for m in (ref, lean):
-        x = torch.zeros(0, 3, 4, 4, dtype=F64, requires_grad=True)
-        out = m(x)
-        out.sum().backward()
-        outs.append((out.shape, x.grad.shape, [p.grad for p in m.parameters()]))
-    assert outs[0][:2] == outs[1][:2]
-    for a, b in zip(outs[0][2], outs[1][2]):
-        torch.testing.assert_close(a, b, equal_nan=True)
+    assert_empty_batch_like(ref, lean, (0, 3, 4, 4), equal_nan=True)
 
 
 def test_torch_func_and_jit():
